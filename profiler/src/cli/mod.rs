@@ -1,0 +1,52 @@
+//! Command-line interface: one file per subcommand.
+
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use parkscope::error::{InspectError, exit_code};
+
+#[derive(Parser)]
+#[command(
+    name = "parkscope",
+    version,
+    about = "Find leaked goroutines, deadlocks and lock contention in live Go programs",
+    long_about = "parkscope reads a running Go program from the outside — its binary, its memory \
+                  and eBPF uprobes on the Go runtime — without changing, rebuilding or restarting it.",
+    after_help = exit_code::HELP
+)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Show what parkscope knows about a Go binary: version, build settings, probe points,
+    /// struct offsets, wait reasons.
+    #[command(after_help = exit_code::HELP)]
+    Inspect(inspect::InspectArgs),
+}
+
+pub fn run(cli: Cli) -> Result<i32, InspectError> {
+    match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARKSCOPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,1 @@
+//! OWNED BY HELPER (offsets): being written. Interface agreed in gobin/mod.rs.

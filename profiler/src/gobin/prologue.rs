@@ -1,0 +1,168 @@
+//! Instruction-level facts about a Go function's machine code (amd64), found by decoding it
+//! instruction by instruction — never by searching for byte patterns, which would match inside
+//! other instructions' immediates.
+//!
+//! * The probe point: Go functions with a frame start with a stack-bound check
+//!   (`cmp 0x10(%r14),%rsp; jbe morestack` — or via `lea -N(%rsp),%r12` for large frames) and
+//!   then `push %rbp`. A uprobe on that `push` is emulated by the kernel (no single-step: ~7×
+//!   cheaper on this VM), still sees the argument registers and R14, and does not fire a second
+//!   time when the function re-enters after growing its stack.
+//! * RET offsets: where a return value can be read without a uretprobe (which would corrupt
+//!   goroutine stacks Go later moves).
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+/// How many instructions of the prologue we look at before giving up on the pattern.
+const PROLOGUE_SCAN_LIMIT: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachKind {
+    /// The `push %rbp` after the stack check: emulated, fires once per call.
+    AfterStackCheck,
+    /// The function has no stack check (nosplit / frameless) but starts with `push %rbp`.
+    PushAtEntry,
+    /// Pattern not recognised: the symbol's entry (single-stepped, may double-fire).
+    Entry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeFacts {
+    /// Offset from the function entry where the probe should go.
+    pub attach_offset: u64,
+    pub attach_kind: AttachKind,
+    /// Offsets from the function entry of every RET instruction.
+    pub ret_offsets: Vec<u64>,
+}
+
+/// Decode `code` (a whole function, starting at link-time address `entry`).
+pub fn analyze(code: &[u8], entry: u64) -> CodeFacts {
+    let instructions = decode_all(code, entry);
+    let (attach_offset, attach_kind) = find_attach_point(&instructions, entry);
+    let ret_offsets = instructions
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+        .map(|i| i.ip() - entry)
+        .collect();
+    CodeFacts {
+        attach_offset,
+        attach_kind,
+        ret_offsets,
+    }
+}
+
+fn decode_all(code: &[u8], entry: u64) -> Vec<Instruction> {
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.is_invalid() {
+            // Padding (int3) decodes fine; an invalid opcode means data or a wrong length:
+            // stop rather than resynchronise mid-instruction.
+            break;
+        }
+        out.push(instruction);
+    }
+    out
+}
+
+fn is_push_rbp(i: &Instruction) -> bool {
+    i.code() == Code::Push_r64 && i.op0_register() == Register::RBP
+}
+
+/// `cmp rsp|r12, [r14+0x10]` (stackguard0 compare) in either operand order.
+fn is_stack_guard_compare(i: &Instruction) -> bool {
+    if i.mnemonic() != Mnemonic::Cmp || i.op_count() != 2 {
+        return false;
+    }
+    let (reg_op, mem_op) = match (i.op0_kind(), i.op1_kind()) {
+        (OpKind::Register, OpKind::Memory) => (i.op0_register(), 1),
+        (OpKind::Memory, OpKind::Register) => (i.op1_register(), 0),
+        _ => return false,
+    };
+    let _ = mem_op;
+    matches!(reg_op, Register::RSP | Register::R12)
+        && i.memory_base() == Register::R14
+        && i.memory_index() == Register::None
+        && i.memory_displacement64() == 0x10
+}
+
+fn find_attach_point(instructions: &[Instruction], entry: u64) -> (u64, AttachKind) {
+    let head = &instructions[..instructions.len().min(PROLOGUE_SCAN_LIMIT)];
+    if let Some(first) = head.first()
+        && is_push_rbp(first)
+    {
+        return (0, AttachKind::PushAtEntry);
+    }
+    let Some(cmp_index) = head.iter().position(is_stack_guard_compare) else {
+        return (0, AttachKind::Entry);
+    };
+    // Everything before the compare must be the optional `lea -N(%rsp),%r12` (large frames):
+    // anything else means this is not the standard prologue.
+    if !head[..cmp_index]
+        .iter()
+        .all(|i| i.mnemonic() == Mnemonic::Lea && i.op0_register() == Register::R12)
+    {
+        return (0, AttachKind::Entry);
+    }
+    let jump = head.get(cmp_index + 1);
+    let push = head.get(cmp_index + 2);
+    match (jump, push) {
+        (Some(j), Some(p)) if j.mnemonic() == Mnemonic::Jbe && is_push_rbp(p) => {
+            (p.ip() - entry, AttachKind::AfterStackCheck)
+        }
+        _ => (0, AttachKind::Entry),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_push_after_small_frame_stack_check() {
+        // cmp 0x10(%r14),%rsp ; jbe +0x40 ; push %rbp ; mov %rsp,%rbp ; ... ; pop %rbp ; ret
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp,[r14+10h]
+            0x76, 0x40, // jbe
+            0x55, // push rbp
+            0x48, 0x89, 0xe5, // mov rbp,rsp
+            0x5d, // pop rbp
+            0xc3, // ret
+        ];
+        let facts = analyze(&code, 0x401000);
+        assert_eq!(facts.attach_kind, AttachKind::AfterStackCheck);
+        assert_eq!(facts.attach_offset, 6);
+        assert_eq!(facts.ret_offsets, vec![11]);
+    }
+
+    #[test]
+    fn finds_push_after_large_frame_stack_check() {
+        let code = [
+            0x4c, 0x8d, 0xa4, 0x24, 0xc0, 0xfe, 0xff, 0xff, // lea r12,[rsp-140h]
+            0x4d, 0x3b, 0x66, 0x10, // cmp r12,[r14+10h]
+            0x0f, 0x86, 0x00, 0x01, 0x00, 0x00, // jbe rel32
+            0x55, // push rbp
+            0xc3, // ret
+        ];
+        let facts = analyze(&code, 0x10);
+        assert_eq!(facts.attach_kind, AttachKind::AfterStackCheck);
+        assert_eq!(facts.attach_offset, 18);
+        assert_eq!(facts.ret_offsets, vec![19]);
+    }
+
+    #[test]
+    fn ret_byte_inside_an_immediate_is_not_a_ret() {
+        // mov eax,0xc3c3c3c3 ; ret
+        let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3];
+        let facts = analyze(&code, 0);
+        assert_eq!(facts.attach_kind, AttachKind::Entry);
+        assert_eq!(facts.ret_offsets, vec![5]);
+    }
+
+    #[test]
+    fn frameless_function_probes_its_entry() {
+        let code = [0x48, 0x89, 0xc3, 0xc3]; // mov rbx,rax ; ret
+        let facts = analyze(&code, 0);
+        assert_eq!((facts.attach_offset, facts.attach_kind), (0, AttachKind::Entry));
+    }
+}

@@ -1,0 +1,11 @@
+//! parkscope: finds leaked goroutines, deadlocks and lock contention in live Go programs.
+//!
+//! Data flows one way: target discovery (`remote`) → Go binary facts (`gobin`) → probes and
+//! memory → model → analysis → outputs. Each module owns one of those rooms.
+
+pub mod error;
+pub mod gobin;
+pub mod remote;
+
+#[cfg(test)]
+pub mod testbins;
