@@ -5,6 +5,9 @@
 
 pub mod error;
 pub mod gobin;
+pub mod goruntime;
+pub mod model;
+pub mod output;
 pub mod remote;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand.
 
 mod inspect;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 use parkscope::error::{InspectError, exit_code};
@@ -28,11 +29,16 @@ pub enum Command {
     /// struct offsets, wait reasons.
     #[command(after_help = exit_code::HELP)]
     Inspect(inspect::InspectArgs),
+    /// Read every goroutine of a live process, what it waits on and who could wake it: no
+    /// probe, no pause.
+    #[command(after_help = exit_code::HELP)]
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 pub fn run(cli: Cli) -> Result<i32, InspectError> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
     }
 }
 

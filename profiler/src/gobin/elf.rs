@@ -49,7 +49,8 @@ impl<'data> ElfImage<'data> {
         if data.len() < 4 || &data[..4] != b"\x7fELF" {
             return Err(InspectError::NotElf("no ELF magic".into()));
         }
-        if data.get(4) != Some(&elf::ELFCLASS64) {
+        // e_ident[EI_CLASS]: 2 = 64-bit.
+        if data.get(4) != Some(&2) {
             return Err(InspectError::UnsupportedArch("32-bit ELF".into()));
         }
         let file = ElfFile64::<Endianness>::parse(data)
@@ -59,7 +60,7 @@ impl<'data> ElfImage<'data> {
         let machine = header.e_machine(endian);
         if machine != elf::EM_X86_64 {
             return Err(InspectError::UnsupportedArch(format!(
-                "ELF machine {machine} (parkscope supports amd64 / x86-64 only)"
+                "ELF machine {machine:?} (parkscope supports amd64 / x86-64 only)"
             )));
         }
         let segments = header
@@ -72,7 +73,7 @@ impl<'data> ElfImage<'data> {
                 memsz: ph.p_memsz(endian),
                 offset: ph.p_offset(endian),
                 filesz: ph.p_filesz(endian),
-                executable: ph.p_flags(endian) & elf::PF_X != 0,
+                executable: ph.p_flags(endian).contains(elf::PF_X),
             })
             .collect();
         let relative_relocs = read_relative_relocs(&file, data);

@@ -1,0 +1,92 @@
+//! `parkscope snapshot --pid N [--format text|json|dot|svg|pprof] [-o FILE]`
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use clap::{Args, ValueEnum};
+use parkscope::error::InspectError;
+use parkscope::goruntime::snapshot::{self, Target};
+use parkscope::output;
+use parkscope::remote::process;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Dot,
+    Svg,
+    Pprof,
+}
+
+#[derive(Args)]
+pub struct SnapshotArgs {
+    /// Process to read.
+    #[arg(long)]
+    pub pid: u32,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Write to this file instead of stdout.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
+    let exe = process::read_exe(args.pid)?;
+    let target = Target::open(args.pid, &exe)?;
+    let snap = snapshot::take(&target)?;
+    let bytes = match args.format {
+        Format::Text => output::text::render(&snap).into_bytes(),
+        Format::Json => {
+            let mut json = serde_json::to_vec_pretty(&snap).expect("snapshot serializes");
+            json.push(b'\n');
+            json
+        }
+        Format::Dot => output::dot::render(&snap).into_bytes(),
+        Format::Svg => render_svg(&output::dot::render(&snap))?,
+        Format::Pprof => output::pprof::render(&snap),
+    };
+    match &args.output {
+        Some(path) => std::fs::write(path, &bytes)
+            .map_err(|e| InspectError::io(format!("writing {}", path.display()), e))?,
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .map_err(|e| InspectError::io("writing to stdout", e))?,
+    }
+    Ok(0)
+}
+
+fn render_svg(dot: &str) -> Result<Vec<u8>, InspectError> {
+    let child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(InspectError::io(
+                "--format svg needs Graphviz's `dot` (Debian/Ubuntu: apt-get install graphviz); \
+                 --format dot writes the graph without it",
+                e,
+            ));
+        }
+        Err(e) => return Err(InspectError::io("starting Graphviz dot", e)),
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(dot.as_bytes())
+        .map_err(|e| InspectError::io("feeding Graphviz dot", e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| InspectError::io("running Graphviz dot", e))?;
+    if !out.status.success() {
+        return Err(InspectError::io(
+            "Graphviz dot failed",
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        ));
+    }
+    Ok(out.stdout)
+}

@@ -1,0 +1,340 @@
+//! `runtime.firstmoduledata`: the runtime's own index of a Go executable (where the function
+//! table, text, data and bss are). Later stages use its data/bss bounds as GC roots and its
+//! `text` as the base of every function-table offset.
+//!
+//! Field offsets (amd64), read from the DWARF of `runtime.moduledata` built by each toolchain:
+//!
+//! | field                                   | 1.18–1.19 | 1.20–1.26 |
+//! |-----------------------------------------|-----------|-----------|
+//! | pcHeader, funcnametab, cutab, filetab   | 0, 8, 32, 56 | same   |
+//! | pctab, pclntable, ftab, findfunctab     | 80, 104, 128, 152 | same |
+//! | minpc, maxpc, text, etext               | 160 … 184 | same      |
+//! | noptrdata … enoptrbss (8 words)         | 192 … 248 | same      |
+//! | covctrs, ecovctrs                       | —         | 256, 264  |
+//! | end, gcdata, gcbss                      | 256, 264, 272 | 272, 280, 288 |
+//! | types, etypes, rodata, gofunc           | 280 … 304 | 296 … 320 |
+//!
+//! Everything after `gofunc` moves between releases (1.23 moved `bad`, 1.26 added `epclntab`)
+//! and is not read here. The two layouts coincide with the two pcHeader magics (0xfffffff0 for
+//! 1.18–1.19, 0xfffffff1 for 1.20+), so the layout is chosen from the pcHeader the moduledata
+//! points to rather than from a separately parsed Go version.
+//!
+//! All addresses are link-time addresses. In a PIE the pointer words are relocated at load time;
+//! they are read through [`ElfImage::read_word`], which returns the RELATIVE relocation's addend.
+
+use crate::gobin::elf::ElfImage;
+use crate::gobin::pclntab::{MAGIC_GO118, MAGIC_GO120, PcHeader};
+
+/// The parts of `runtime.moduledata` that parkscope uses, as link-time addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleData {
+    /// Address of the moduledata itself.
+    pub addr: u64,
+    pub pcheader: u64,
+    pub funcnametab: u64,
+    pub cutab: u64,
+    pub filetab: u64,
+    pub pctab: u64,
+    pub pclntable: u64,
+    pub ftab: u64,
+    /// Number of `functab` entries (nfunc + 1: the last one holds etext's offset).
+    pub ftab_len: u64,
+    pub findfunctab: u64,
+    pub minpc: u64,
+    pub maxpc: u64,
+    pub text: u64,
+    pub etext: u64,
+    pub noptrdata: u64,
+    pub enoptrdata: u64,
+    pub data: u64,
+    pub edata: u64,
+    pub bss: u64,
+    pub ebss: u64,
+    pub noptrbss: u64,
+    pub enoptrbss: u64,
+    pub end: u64,
+    /// GC pointer bitmaps of .data and .bss (one bit per word).
+    pub gcdata: u64,
+    pub gcbss: u64,
+    pub types: u64,
+    pub etypes: u64,
+    pub rodata: u64,
+    /// Base of FUNCDATA offsets (`go:func.*`); inline trees and stack maps live there.
+    pub gofunc: u64,
+}
+
+/// Where the version-dependent tail of the struct sits.
+struct Layout {
+    end: u64,
+    gcdata: u64,
+    gcbss: u64,
+    types: u64,
+    etypes: u64,
+    rodata: u64,
+    gofunc: u64,
+}
+
+const LAYOUT_GO118: Layout = Layout {
+    end: 256,
+    gcdata: 264,
+    gcbss: 272,
+    types: 280,
+    etypes: 288,
+    rodata: 296,
+    gofunc: 304,
+};
+
+const LAYOUT_GO120: Layout = Layout {
+    end: 272,
+    gcdata: 280,
+    gcbss: 288,
+    types: 296,
+    etypes: 304,
+    rodata: 312,
+    gofunc: 320,
+};
+
+/// Bound on candidate addresses tried, so a binary full of words equal to the pcHeader address
+/// cannot make discovery slow.
+const MAX_CANDIDATES: usize = 64;
+
+impl ModuleData {
+    /// Finds `runtime.firstmoduledata` for the pclntab whose pcHeader is at `pcheader_addr`.
+    ///
+    /// Tries, in order: the `runtime.firstmoduledata` symbol, the `.go.module` section (Go 1.26+),
+    /// pointer words equal to `pcheader_addr` (RELATIVE relocations for PIE, then file words in
+    /// the non-executable segments). Every candidate is validated against the pcHeader.
+    pub fn find(image: &ElfImage<'_>, pcheader_addr: u64) -> Option<ModuleData> {
+        let header = PcHeader::parse(image.bytes_at(pcheader_addr, PcHeader::SIZE)?).ok()?;
+        let mut tried = 0usize;
+        let mut try_at = |addr: u64| -> Option<ModuleData> {
+            tried += 1;
+            Self::read_at(image, addr, pcheader_addr, &header)
+        };
+
+        if image.has_symtab()
+            && let Some(sym) = image
+                .symbols()
+                .into_iter()
+                .find(|s| s.name == "runtime.firstmoduledata")
+            && let Some(md) = try_at(sym.addr)
+        {
+            return Some(md);
+        }
+        if let Some(section) = image.section(".go.module")
+            && let Some(md) = try_at(section.addr)
+        {
+            return Some(md);
+        }
+        let mut relocated: Vec<u64> = image.relocated_words_equal_to(pcheader_addr).collect();
+        relocated.sort_unstable();
+        for addr in relocated {
+            if tried >= MAX_CANDIDATES {
+                return None;
+            }
+            if let Some(md) = try_at(addr) {
+                return Some(md);
+            }
+        }
+        let needle = pcheader_addr.to_le_bytes();
+        for seg in image.segments().iter().filter(|s| !s.executable) {
+            let Some(bytes) = usize::try_from(seg.filesz)
+                .ok()
+                .and_then(|len| image.bytes_at(seg.vaddr, len))
+            else {
+                continue;
+            };
+            // Pointer words are 8-aligned in memory.
+            let skip = (seg.vaddr.wrapping_neg() % 8) as usize;
+            let Some(aligned) = bytes.get(skip..) else {
+                continue;
+            };
+            for (i, word) in aligned.chunks_exact(8).enumerate() {
+                if word != needle {
+                    continue;
+                }
+                if tried >= MAX_CANDIDATES {
+                    return None;
+                }
+                let addr = seg.vaddr + (skip + i * 8) as u64;
+                if let Some(md) = try_at(addr) {
+                    return Some(md);
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads and validates a moduledata candidate at `addr`: its table pointers must agree with
+    /// the pcHeader's offsets and its address ranges must be ordered.
+    fn read_at(
+        image: &ElfImage<'_>,
+        addr: u64,
+        pcheader_addr: u64,
+        header: &PcHeader,
+    ) -> Option<ModuleData> {
+        let layout = match header.magic {
+            MAGIC_GO118 => &LAYOUT_GO118,
+            MAGIC_GO120 => &LAYOUT_GO120,
+            _ => return None,
+        };
+        let word = |off: u64| image.read_word(addr.checked_add(off)?);
+        let md = ModuleData {
+            addr,
+            pcheader: word(0)?,
+            funcnametab: word(8)?,
+            cutab: word(32)?,
+            filetab: word(56)?,
+            pctab: word(80)?,
+            pclntable: word(104)?,
+            ftab: word(128)?,
+            ftab_len: word(136)?,
+            findfunctab: word(152)?,
+            minpc: word(160)?,
+            maxpc: word(168)?,
+            text: word(176)?,
+            etext: word(184)?,
+            noptrdata: word(192)?,
+            enoptrdata: word(200)?,
+            data: word(208)?,
+            edata: word(216)?,
+            bss: word(224)?,
+            ebss: word(232)?,
+            noptrbss: word(240)?,
+            enoptrbss: word(248)?,
+            end: word(layout.end)?,
+            gcdata: word(layout.gcdata)?,
+            gcbss: word(layout.gcbss)?,
+            types: word(layout.types)?,
+            etypes: word(layout.etypes)?,
+            rodata: word(layout.rodata)?,
+            gofunc: word(layout.gofunc)?,
+        };
+        let at = |off: u64| pcheader_addr.checked_add(off);
+        let consistent = md.pcheader == pcheader_addr
+            && Some(md.funcnametab) == at(header.funcname_offset)
+            && Some(md.cutab) == at(header.cu_offset)
+            && Some(md.filetab) == at(header.filetab_offset)
+            && Some(md.pctab) == at(header.pctab_offset)
+            && Some(md.pclntable) == at(header.pcln_offset)
+            && md.ftab == md.pclntable
+            && Some(md.ftab_len) == header.nfunc.checked_add(1)
+            && md.text != 0
+            && md.text < md.etext
+            && md.minpc <= md.maxpc
+            && md.noptrdata <= md.enoptrdata
+            && md.data <= md.edata
+            && md.bss <= md.ebss
+            && md.noptrbss <= md.enoptrbss
+            && md.types <= md.etypes;
+        consistent.then_some(md)
+    }
+
+    /// Whether `addr` lies in one of the module's pointer-bearing or pointer-free data ranges
+    /// (.noptrdata, .data, .bss, .noptrbss).
+    pub fn contains_data(&self, addr: u64) -> bool {
+        [
+            (self.noptrdata, self.enoptrdata),
+            (self.data, self.edata),
+            (self.bss, self.ebss),
+            (self.noptrbss, self.enoptrbss),
+        ]
+        .iter()
+        .any(|&(lo, hi)| addr >= lo && addr < hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbins;
+
+    fn section_bounds(image: &ElfImage<'_>, name: &str) -> Option<(u64, u64)> {
+        let object_file = object::File::parse(image.bytes()).ok()?;
+        use object::{Object, ObjectSection};
+        let s = object_file.section_by_name(name)?;
+        Some((s.address(), s.address() + s.size()))
+    }
+
+    #[test]
+    fn finds_moduledata_in_every_test_binary() {
+        for bin in testbins::all() {
+            let bytes = std::fs::read(&bin.path).unwrap();
+            let image = ElfImage::parse(&bytes).unwrap();
+            let tab = crate::gobin::pclntab::Pclntab::find(&image)
+                .unwrap_or_else(|e| panic!("{}: {e}", bin.path.display()));
+            let md = ModuleData::find(&image, tab.pcheader_addr())
+                .unwrap_or_else(|| panic!("{}: no moduledata", bin.path.display()));
+            let ctx = format!("{} ({} {})", bin.path.display(), bin.go, bin.variant);
+
+            assert_eq!(md.text, tab.text_start(), "{ctx}");
+            assert_eq!(md.etext, tab.text_end(), "{ctx}");
+            assert_eq!(md.minpc, md.text, "{ctx}");
+            // The data ranges are exactly the Go linker's sections.
+            for (name, lo, hi) in [
+                (".noptrdata", md.noptrdata, md.enoptrdata),
+                (".data", md.data, md.edata),
+                (".bss", md.bss, md.ebss),
+                (".noptrbss", md.noptrbss, md.enoptrbss),
+            ] {
+                let (slo, shi) = section_bounds(&image, name)
+                    .unwrap_or_else(|| panic!("{ctx}: no {name} section"));
+                assert_eq!(lo, slo, "{ctx}: {name} start");
+                // The runtime's end symbol may stop short of trailing section padding.
+                assert!(hi <= shi && hi + 64 > shi, "{ctx}: {name} end {hi:#x} vs {shi:#x}");
+            }
+            assert!(md.contains_data(md.addr) || image.section(".go.module").is_some(), "{ctx}");
+
+            if image.has_symtab() {
+                let symbols = image.symbols();
+                let sym = |name: &str| symbols.iter().find(|s| s.name == name).map(|s| s.addr);
+                assert_eq!(Some(md.addr), sym("runtime.firstmoduledata"), "{ctx}");
+                assert_eq!(Some(md.text), sym("runtime.text"), "{ctx}");
+                assert_eq!(Some(md.etext), sym("runtime.etext"), "{ctx}");
+                assert_eq!(Some(md.data), sym("runtime.data"), "{ctx}");
+                assert_eq!(Some(md.edata), sym("runtime.edata"), "{ctx}");
+                assert_eq!(Some(md.bss), sym("runtime.bss"), "{ctx}");
+                assert_eq!(Some(md.ebss), sym("runtime.ebss"), "{ctx}");
+                assert_eq!(Some(md.noptrbss), sym("runtime.noptrbss"), "{ctx}");
+                assert_eq!(Some(md.enoptrbss), sym("runtime.enoptrbss"), "{ctx}");
+                assert_eq!(Some(md.end), sym("runtime.end"), "{ctx}");
+                assert_eq!(Some(md.gcdata), sym("runtime.gcdata"), "{ctx}");
+                assert_eq!(Some(md.gcbss), sym("runtime.gcbss"), "{ctx}");
+                assert_eq!(Some(md.types), sym("runtime.types"), "{ctx}");
+                assert_eq!(Some(md.etypes), sym("runtime.etypes"), "{ctx}");
+                assert_eq!(Some(md.rodata), sym("runtime.rodata"), "{ctx}");
+                let gofunc = sym("go:func.*").or_else(|| sym("go.func.*"));
+                assert_eq!(Some(md.gofunc), gofunc, "{ctx}");
+            }
+        }
+    }
+
+    #[test]
+    fn stripped_builds_find_the_same_moduledata_as_discovery_by_symbol() {
+        // Discovery without the symbol (scan or relocations) must land on the same struct.
+        for bin in testbins::all() {
+            let bytes = std::fs::read(&bin.path).unwrap();
+            let image = ElfImage::parse(&bytes).unwrap();
+            if !image.has_symtab() {
+                continue;
+            }
+            let tab = crate::gobin::pclntab::Pclntab::find(&image).unwrap();
+            let header =
+                PcHeader::parse(image.bytes_at(tab.pcheader_addr(), PcHeader::SIZE).unwrap())
+                    .unwrap();
+            let by_symbol = ModuleData::find(&image, tab.pcheader_addr()).unwrap();
+            let candidates: Vec<u64> = if image.is_pie() {
+                image
+                    .relocated_words_equal_to(tab.pcheader_addr())
+                    .collect()
+            } else {
+                vec![by_symbol.addr]
+            };
+            let scanned: Vec<ModuleData> = candidates
+                .into_iter()
+                .filter_map(|a| ModuleData::read_at(&image, a, tab.pcheader_addr(), &header))
+                .collect();
+            assert_eq!(scanned, vec![by_symbol], "{}", bin.path.display());
+        }
+    }
+}

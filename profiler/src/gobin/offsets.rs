@@ -1,1 +1,0 @@
-//! OWNED BY HELPER (offsets): being written. Interface agreed in gobin/mod.rs.

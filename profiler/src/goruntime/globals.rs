@@ -1,0 +1,148 @@
+//! Link-time addresses of the runtime globals the reader starts from. From `.symtab` when the
+//! binary has one; in stripped binaries from the code that uses them, found by decoding the
+//! instructions of runtime functions (whose addresses pclntab still has).
+
+use std::collections::HashMap;
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+
+use crate::error::InspectError;
+use crate::gobin::GoBinary;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalSource {
+    Symbol,
+    Code,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Globals {
+    /// `runtime.allgs`: a `[]*g` header.
+    pub allgs: u64,
+    /// `runtime.semtable`: 251 semaRoots (padded to a cache line each), when found.
+    pub semtable: Option<u64>,
+    pub source: GlobalSource,
+}
+
+/// semTabSize in runtime/sema.go: a prime, unchanged since the table was introduced.
+pub const SEMTABLE_SIZE: u64 = 251;
+
+pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
+    if let Some(allgs) = binary.symbol("runtime.allgs") {
+        return Ok(Globals {
+            allgs: allgs.addr,
+            semtable: binary.symbol("runtime.semtable").map(|s| s.addr),
+            source: GlobalSource::Symbol,
+        });
+    }
+    let allgs = function_code(binary, "runtime.allgadd")
+        .and_then(|(code, entry)| slice_header_in(&decode(code, entry)))
+        .ok_or_else(|| {
+            InspectError::MissingSymbol(
+                "runtime.allgs (stripped binary, and runtime.allgadd does not reveal it)".into(),
+            )
+        })?;
+    let semtable = function_code(binary, "runtime.semacquire1")
+        .and_then(|(code, entry)| semtable_in(&decode(code, entry)));
+    Ok(Globals {
+        allgs,
+        semtable,
+        source: GlobalSource::Code,
+    })
+}
+
+fn function_code<'a>(binary: &'a GoBinary<'_>, name: &str) -> Option<(&'a [u8], u64)> {
+    let f = binary.pclntab.func_by_name(name)?;
+    let code = binary
+        .image
+        .bytes_at(f.entry, usize::try_from(f.end.checked_sub(f.entry)?).ok()?)?;
+    Some((code, f.entry))
+}
+
+fn decode(code: &[u8], entry: u64) -> Vec<Instruction> {
+    let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let i = decoder.decode();
+        if i.is_invalid() {
+            break;
+        }
+        out.push(i);
+    }
+    out
+}
+
+/// RIP-relative memory operand target of an instruction, if it has one.
+fn rip_target(i: &Instruction) -> Option<u64> {
+    (0..i.op_count())
+        .any(|n| i.op_kind(n) == OpKind::Memory)
+        .then_some(())
+        .filter(|_| i.is_ip_rel_memory_operand())
+        .map(|_| i.ip_rel_memory_address())
+}
+
+/// A slice header global is loaded as three words X, X+8, X+16 (ptr, len, cap) — in
+/// `runtime.allgadd` only `allgs` is (allglen and allgptr are single words).
+fn slice_header_in(instructions: &[Instruction]) -> Option<u64> {
+    let mut movs: HashMap<u64, usize> = HashMap::new();
+    for i in instructions {
+        if i.mnemonic() == Mnemonic::Mov
+            && let Some(target) = rip_target(i)
+        {
+            *movs.entry(target).or_default() += 1;
+        }
+    }
+    let mut candidates: Vec<u64> = movs
+        .keys()
+        .copied()
+        .filter(|a| movs.contains_key(&(a + 8)) && movs.contains_key(&(a + 16)))
+        .collect();
+    candidates.sort_unstable();
+    // Exactly one triple, or we are not looking at the code we think we are.
+    (candidates.len() == 1).then(|| candidates[0])
+}
+
+/// `semtable.rootFor(addr)` is inlined into semacquire1: `imul $251` for the hash bucket, then
+/// `lea runtime.semtable(%rip)`.
+fn semtable_in(instructions: &[Instruction]) -> Option<u64> {
+    let imul = instructions.iter().position(|i| {
+        i.mnemonic() == Mnemonic::Imul
+            && (0..i.op_count()).any(|n| {
+                matches!(i.op_kind(n), OpKind::Immediate8to32 | OpKind::Immediate32 | OpKind::Immediate8to64 | OpKind::Immediate32to64)
+                    && i.immediate(n) == SEMTABLE_SIZE
+            })
+    })?;
+    instructions[imul..]
+        .iter()
+        .take(16)
+        .find(|i| i.mnemonic() == Mnemonic::Lea)
+        .and_then(rip_target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbins;
+
+    #[test]
+    fn stripped_binaries_reveal_the_same_globals_as_their_symbols() {
+        for bin in testbins::all() {
+            let twin_variant = match bin.variant.as_str() {
+                "stripped" => "plain",
+                "pie-stripped" => "pie",
+                _ => continue,
+            };
+            let twin = testbins::find(&bin.fixture, &bin.release, twin_variant).unwrap();
+            let (stripped_bytes, plain_bytes) =
+                (std::fs::read(&bin.path).unwrap(), std::fs::read(&twin.path).unwrap());
+            let stripped = GoBinary::parse(&stripped_bytes).unwrap();
+            let plain = GoBinary::parse(&plain_bytes).unwrap();
+            let from_code = find(&stripped).unwrap();
+            let from_symbols = find(&plain).unwrap();
+            assert_eq!(from_code.source, GlobalSource::Code);
+            assert_eq!(from_symbols.source, GlobalSource::Symbol);
+            assert_eq!(from_code.allgs, from_symbols.allgs, "{} {}", bin.go, bin.variant);
+            assert_eq!(from_code.semtable, from_symbols.semtable, "{} {}", bin.go, bin.variant);
+        }
+    }
+}

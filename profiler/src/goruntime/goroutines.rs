@@ -1,0 +1,256 @@
+//! Reading the goroutine table (`runtime.allgs`) of a running process, record by record.
+//!
+//! The target keeps running: a `g` can change between our reads. Every record is validated, and
+//! a goroutine whose park key (status, sched.sp, waiting, wait reason) changed between the first
+//! read and a confirming re-read is retried, then dropped — never reported half-read.
+
+use crate::goruntime::layout::{GLayout, SudogLayout};
+use crate::model::Status;
+use crate::remote::memory::{MemError, Memory};
+
+/// Far above real programs (millions of goroutines are rare) and bounds the allgs read.
+pub const MAX_GOROUTINES: u64 = 4_000_000;
+/// A select has one sudog per case; Go caps select cases at 65536.
+pub const MAX_SUDOG_CHAIN: usize = 65_536;
+const READ_ATTEMPTS: usize = 3;
+
+/// One `runtime.g` as read from memory, before symbolization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawG {
+    pub addr: u64,
+    pub goid: i64,
+    pub status: Status,
+    pub raw_status: u32,
+    pub wait_reason: u8,
+    pub waitsince: i64,
+    pub stack_lo: u64,
+    pub stack_hi: u64,
+    pub sched_sp: u64,
+    pub sched_pc: u64,
+    pub sched_bp: u64,
+    pub waiting: u64,
+    pub gopc: u64,
+    pub startpc: u64,
+    pub parent_goid: Option<i64>,
+    pub tracking_seq: Option<u64>,
+}
+
+impl RawG {
+    /// What must not change while we read everything else about a parked goroutine.
+    pub fn park_key(&self) -> (u32, u8, u64, u64, Option<u64>) {
+        (
+            self.raw_status & !0x1000,
+            self.wait_reason,
+            self.sched_sp,
+            self.waiting,
+            self.tracking_seq,
+        )
+    }
+}
+
+/// Decode one g record; None when it is not plausible (torn, or not a g).
+pub fn decode_g(layout: &GLayout, addr: u64, record: &[u8]) -> Option<RawG> {
+    let raw_status = layout.status.read(record)? as u32;
+    let g = RawG {
+        addr,
+        goid: layout.goid.read(record)? as i64,
+        status: Status::from_raw(raw_status),
+        raw_status,
+        wait_reason: layout.waitreason.read(record)? as u8,
+        waitsince: layout.waitsince.and_then(|f| f.read(record)).unwrap_or(0) as i64,
+        stack_lo: layout.stack_lo.read(record)?,
+        stack_hi: layout.stack_hi.read(record)?,
+        sched_sp: layout.sched_sp.read(record)?,
+        sched_pc: layout.sched_pc.read(record)?,
+        sched_bp: layout.sched_bp.read(record)?,
+        waiting: layout.waiting.read(record)?,
+        gopc: layout.gopc.read(record)?,
+        startpc: layout.startpc.read(record)?,
+        parent_goid: layout.parent_goid.and_then(|f| f.read(record)).map(|v| v as i64),
+        tracking_seq: layout.tracking_seq.and_then(|f| f.read(record)),
+    };
+    plausible(&g).then_some(g)
+}
+
+fn plausible(g: &RawG) -> bool {
+    if g.status == Status::Unknown || g.goid < 0 {
+        return false;
+    }
+    if g.status == Status::Dead {
+        return true;
+    }
+    // A live goroutine has a stack, and a parked one saved an SP inside it.
+    if g.stack_lo == 0 || g.stack_hi <= g.stack_lo || g.stack_hi - g.stack_lo > (1 << 30) {
+        return false;
+    }
+    if g.status.is_parked() && !(g.stack_lo..=g.stack_hi).contains(&g.sched_sp) {
+        return false;
+    }
+    true
+}
+
+/// The `[]*g` in runtime.allgs: pointers to every g ever created (g's are never freed).
+pub fn read_allgs(mem: &dyn Memory, allgs_addr: u64) -> Result<Vec<u64>, MemError> {
+    for _ in 0..READ_ATTEMPTS {
+        let ptr = mem.read_u64(allgs_addr)?;
+        let len = mem.read_u64(allgs_addr + 8)?;
+        let cap = mem.read_u64(allgs_addr + 16)?;
+        if ptr == 0 || len == 0 || len > cap || len > MAX_GOROUTINES {
+            continue;
+        }
+        let bytes = match mem.read_vec(ptr, (len * 8) as usize) {
+            Ok(bytes) => bytes,
+            // allgadd grew the array and the old one was freed under us: read again.
+            Err(MemError::Unmapped { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        return Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .filter(|&p| p != 0)
+            .collect());
+    }
+    Err(MemError::Unmapped {
+        addr: allgs_addr,
+        len: 24,
+    })
+}
+
+/// Read and decode every g record; records that fail to decode are returned as addresses.
+pub fn read_gs(mem: &dyn Memory, layout: &GLayout, addrs: &[u64]) -> (Vec<RawG>, Vec<u64>) {
+    let mut buffers: Vec<Vec<u8>> = addrs.iter().map(|_| vec![0u8; layout.size]).collect();
+    let mut requests: Vec<(u64, &mut [u8])> = addrs
+        .iter()
+        .zip(buffers.iter_mut())
+        .map(|(a, b)| (*a, b.as_mut_slice()))
+        .collect();
+    let results = mem.read_many(&mut requests);
+    let mut good = Vec::with_capacity(addrs.len());
+    let mut bad = Vec::new();
+    for ((addr, buffer), result) in addrs.iter().zip(&buffers).zip(results) {
+        match result.ok().and_then(|()| decode_g(layout, *addr, buffer)) {
+            Some(g) => good.push(g),
+            None => bad.push(*addr),
+        }
+    }
+    (good, bad)
+}
+
+pub fn reread_g(mem: &dyn Memory, layout: &GLayout, addr: u64) -> Option<RawG> {
+    let record = mem.read_vec(addr, layout.size).ok()?;
+    decode_g(layout, addr, &record)
+}
+
+/// One sudog of a `g.waiting` chain or a channel queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawSudog {
+    pub addr: u64,
+    pub g: u64,
+    pub next: u64,
+    pub prev: u64,
+    pub elem: u64,
+    pub c: u64,
+    pub waitlink: u64,
+    pub is_select: bool,
+}
+
+pub fn read_sudog(mem: &dyn Memory, layout: &SudogLayout, addr: u64) -> Option<RawSudog> {
+    let record = mem.read_vec(addr, layout.size).ok()?;
+    Some(RawSudog {
+        addr,
+        g: layout.g.read(&record)?,
+        next: layout.next.read(&record)?,
+        prev: layout.prev.read(&record)?,
+        elem: layout.elem.read(&record)?,
+        c: layout.c.read(&record)?,
+        waitlink: layout.waitlink.read(&record)?,
+        is_select: layout.is_select.read(&record)? & 0xff != 0,
+    })
+}
+
+/// Follow `g.waiting` → sudog → `waitlink` (one sudog per select case, or one for a plain
+/// channel operation). Bounded; stops at a sudog that does not belong to `g`.
+pub fn waiting_chain(mem: &dyn Memory, layout: &SudogLayout, g: &RawG) -> Vec<RawSudog> {
+    let mut chain = Vec::new();
+    let mut next = g.waiting;
+    while next != 0 && chain.len() < MAX_SUDOG_CHAIN {
+        let Some(sudog) = read_sudog(mem, layout, next) else {
+            break;
+        };
+        if sudog.g != g.addr {
+            break;
+        }
+        next = sudog.waitlink;
+        chain.push(sudog);
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::goruntime::layout::Field;
+    use crate::remote::memory::RecordedMemory;
+
+    fn f(offset: usize, size: usize) -> Field {
+        Field { offset, size }
+    }
+
+    fn layout() -> GLayout {
+        GLayout {
+            size: 64,
+            stack_lo: f(0, 8),
+            stack_hi: f(8, 8),
+            sched_sp: f(16, 8),
+            sched_pc: f(24, 8),
+            sched_bp: f(32, 8),
+            status: f(40, 4),
+            waitreason: f(44, 1),
+            goid: f(48, 8),
+            waiting: f(56, 8),
+            waitsince: None,
+            gopc: f(24, 8),
+            startpc: f(24, 8),
+            parent_goid: None,
+            tracking_seq: None,
+        }
+    }
+
+    fn record(lo: u64, hi: u64, sp: u64, status: u32, goid: u64) -> Vec<u8> {
+        let mut r = vec![0u8; 64];
+        r[0..8].copy_from_slice(&lo.to_le_bytes());
+        r[8..16].copy_from_slice(&hi.to_le_bytes());
+        r[16..24].copy_from_slice(&sp.to_le_bytes());
+        r[40..44].copy_from_slice(&status.to_le_bytes());
+        r[44] = 14;
+        r[48..56].copy_from_slice(&goid.to_le_bytes());
+        r
+    }
+
+    #[test]
+    fn decodes_a_parked_g_and_rejects_torn_ones() {
+        let l = layout();
+        let g = decode_g(&l, 0x1000, &record(0x8000, 0x9000, 0x8f00, 0x1004, 7)).unwrap();
+        assert_eq!((g.goid, g.status, g.wait_reason), (7, Status::Waiting, 14));
+        // SP outside the stack: a torn read of a goroutine that moved its stack.
+        assert!(decode_g(&l, 0x1000, &record(0x8000, 0x9000, 0x100, 4, 7)).is_none());
+        // Garbage status.
+        assert!(decode_g(&l, 0x1000, &record(0x8000, 0x9000, 0x8f00, 77, 7)).is_none());
+        // Dead g's need no stack.
+        assert!(decode_g(&l, 0x1000, &record(0, 0, 0, 6, 0)).is_some());
+        // A short record never panics.
+        assert!(decode_g(&l, 0x1000, &[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn reads_the_allgs_slice() {
+        let mut mem = RecordedMemory::new();
+        mem.write_u64(0x500, 0x9000).write_u64(0x508, 2).write_u64(0x510, 4);
+        mem.write_u64(0x9000, 0xa000).write_u64(0x9008, 0xb000);
+        assert_eq!(read_allgs(&mem, 0x500).unwrap(), vec![0xa000, 0xb000]);
+        // len > cap is a torn header: never trusted.
+        let mut torn = RecordedMemory::new();
+        torn.write_u64(0x500, 0x9000).write_u64(0x508, 9).write_u64(0x510, 4);
+        assert!(read_allgs(&torn, 0x500).is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! The text snapshot: like pprof's goroutine debug=1, grouped, with the object each group waits
+//! on and who is on the other side. Readable at 100k goroutines because it prints groups.
+
+use std::fmt::Write;
+
+use crate::model::{Object, ObjectKind, Snapshot};
+use crate::output::{group, human_duration};
+
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let groups = group(snapshot);
+    let _ = writeln!(
+        out,
+        "pid {} ({}) {} — {} goroutines in {} groups, taken {}",
+        snapshot.pid,
+        snapshot.executable,
+        snapshot.go_version,
+        snapshot.goroutines.len(),
+        groups.len(),
+        snapshot.taken_at
+    );
+    if snapshot.skipped_unstable > 0 {
+        let _ = writeln!(
+            out,
+            "({} goroutines changed under the reader and were left out)",
+            snapshot.skipped_unstable
+        );
+    }
+    for group in &groups {
+        let g = group.representative();
+        let state = g.wait_reason.clone().unwrap_or_else(|| g.status.as_str().to_string());
+        let parked = group
+            .longest_parked_ns()
+            .map(|ns| format!(", up to {}", human_duration(ns)))
+            .unwrap_or_default();
+        let mut goids: Vec<i64> = group.members.iter().map(|g| g.goid).collect();
+        goids.sort_unstable();
+        let shown: Vec<String> = goids.iter().take(8).map(i64::to_string).collect();
+        let more = if goids.len() > 8 { format!(" +{}", goids.len() - 8) } else { String::new() };
+        let _ = writeln!(
+            out,
+            "\n{} goroutine{} [{state}{parked}]  goid {}{more}",
+            group.members.len(),
+            if group.members.len() == 1 { "" } else { "s" },
+            shown.join(",")
+        );
+        for b in &g.blocked_on {
+            let object = snapshot.objects.iter().find(|o| o.addr == b.addr);
+            let _ = writeln!(
+                out,
+                "  waits to {:?} on {} {:#x}{}",
+                b.op,
+                b.kind.as_str(),
+                b.addr,
+                object.map(|o| describe_object(o, g.goid)).unwrap_or_default()
+            );
+        }
+        if g.on_cpu {
+            let _ = writeln!(out, "  (running on a CPU: no stable stack)");
+        }
+        for frame in &g.stack {
+            let _ = writeln!(
+                out,
+                "  {}{}\n      {}:{}",
+                frame.function,
+                if frame.inlined { " (inlined)" } else { "" },
+                frame.file,
+                frame.line
+            );
+        }
+        if let Some(created) = &g.created_by {
+            let parent = g.parent_goid.map(|p| format!(" in goroutine {p}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  created by {}{parent}\n      {}:{}",
+                created.function, created.file, created.line
+            );
+        }
+    }
+    out
+}
+
+fn list(goids: &[i64], me: i64) -> String {
+    let others: Vec<String> = goids.iter().filter(|&&g| g != me).map(i64::to_string).collect();
+    if others.is_empty() { "none".into() } else { others.join(",") }
+}
+
+fn describe_object(o: &Object, me: i64) -> String {
+    match (&o.kind, &o.chan) {
+        (ObjectKind::Chan, Some(c)) => format!(
+            " (cap {}, len {}{}; blocked senders: {}; blocked receivers: {})",
+            c.cap,
+            c.len,
+            if c.closed { ", closed" } else { "" },
+            list(&o.senders, me),
+            list(&o.receivers, me)
+        ),
+        _ if !o.waiters.is_empty() => format!(" (other waiters: {})", list(&o.waiters, me)),
+        _ => String::new(),
+    }
+}

@@ -1,0 +1,185 @@
+//! Support for end-to-end tests: the parkscope binary, the fixture matrix, and running fixture
+//! programs up to their sync point.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The parkscope binary under test (`cargo xtask test` sets PARKSCOPE_BIN).
+pub fn parkscope_bin() -> PathBuf {
+    let path = std::env::var_os("PARKSCOPE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/parkscope"));
+    assert!(
+        path.exists(),
+        "{} does not exist: build it (cargo build -p parkscope) or run ./x test",
+        path.display()
+    );
+    path
+}
+
+pub fn parkscope(args: &[&str]) -> Output {
+    Command::new(parkscope_bin())
+        .args(args)
+        .output()
+        .expect("running parkscope")
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FixtureBinary {
+    pub fixture: String,
+    pub go: String,
+    pub release: String,
+    pub variant: String,
+    pub path: PathBuf,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    binaries: Vec<FixtureBinary>,
+}
+
+/// Every binary `cargo xtask fixtures` built. Fails (never skips) when they are missing.
+pub fn fixture_binaries() -> Vec<FixtureBinary> {
+    let path = std::env::var_os("PARKSCOPE_FIXTURE_MANIFEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/fixtures/manifest.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("{}: {e}: run `cargo xtask fixtures` (or ./x test) first", path.display())
+    });
+    let manifest: Manifest = serde_json::from_str(&text).unwrap();
+    assert!(!manifest.binaries.is_empty());
+    manifest.binaries
+}
+
+pub fn fixture(fixture: &str, release: &str, variant: &str) -> FixtureBinary {
+    fixture_binaries()
+        .into_iter()
+        .find(|b| b.fixture == fixture && b.release == release && b.variant == variant)
+        .unwrap_or_else(|| panic!("no fixture binary {fixture} {release} {variant} in the manifest"))
+}
+
+/// The ground truth a fixture writes at its sync point (see tests/fixtures/README.md).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Truth {
+    pub fixture: String,
+    pub pid: u32,
+    pub go_version: String,
+    pub main_goid: i64,
+    pub goroutines: Vec<TruthGoroutine>,
+    pub objects: Vec<TruthObject>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TruthGoroutine {
+    pub goid: i64,
+    pub expect: String,
+    pub wait_reason: String,
+    pub role: String,
+    #[serde(default)]
+    pub objects: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TruthObject {
+    pub name: String,
+    pub kind: String,
+    pub addr: String,
+}
+
+/// A fixture program running up to its sync point; SIGTERM on drop.
+pub struct RunningFixture {
+    pub child: Child,
+    pub out_dir: PathBuf,
+    pub truth: Truth,
+}
+
+impl RunningFixture {
+    pub fn start(binary: &Path) -> RunningFixture {
+        let out_dir = std::env::temp_dir().join(format!(
+            "parkscope-e2e-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let mut child = Command::new(binary)
+            .env("PARKSCOPE_FIXTURE_OUT", &out_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let stdout = child.stdout.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            assert!(Instant::now() < deadline, "{} never became ready", binary.display());
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("PARKSCOPE_READY") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("{} exited before its sync point", binary.display()),
+            }
+        }
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        let truth: Truth =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("truth.json")).unwrap())
+                .unwrap();
+        assert_eq!(truth.pid, child.id());
+        RunningFixture { child, out_dir, truth }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RunningFixture {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.out_dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `go tool nm` of the toolchain that built the binary: (name → address) of text symbols.
+pub fn go_nm_functions(binary: &FixtureBinary) -> std::collections::HashMap<String, u64> {
+    let out = Command::new("go")
+        .args(["tool", "nm"])
+        .arg(&binary.path)
+        .env("GOTOOLCHAIN", &binary.go)
+        .output()
+        .expect("go tool nm");
+    assert!(
+        out.status.success(),
+        "go tool nm {}: {}",
+        binary.path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut functions = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "  4a1b20 T runtime.gopark"
+        let mut fields = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if kind == "T" || kind == "t" {
+            if let Ok(addr) = u64::from_str_radix(addr, 16) {
+                functions.insert(name.to_string(), addr);
+            }
+        }
+    }
+    functions
+}
