@@ -2,23 +2,124 @@
 //! here is `#[repr(C)]`, `Copy`, and free of pointers and padding surprises.
 #![no_std]
 
-/// Indices into the per-CPU probe hit counter array. One slot per attach point kind, so the
-/// overhead governor can price each probe group from kernel-side counts.
+/// Indices into the per-CPU probe hit counter array: one slot per eBPF program (attach-point
+/// kind), so the overhead governor can price each probe group from kernel-side counts.
 pub mod probe_slot {
     pub const GOPARK: u32 = 0;
-    pub const COUNT: u32 = 16;
+    pub const READY: u32 = 1;
+    pub const NEWPROC1_RET: u32 = 2;
+    pub const GOEXIT1: u32 = 3;
+    pub const CHANSEND: u32 = 4;
+    pub const CHANRECV: u32 = 5;
+    pub const SELECTGO: u32 = 6;
+    pub const CLOSECHAN: u32 = 7;
+    pub const MAKECHAN_RET: u32 = 8;
+    pub const SEMACQUIRE1: u32 = 9;
+    pub const SEMRELEASE1: u32 = 10;
+    pub const MUTEX_LOCK_SLOW: u32 = 11;
+    pub const MUTEX_UNLOCK_SLOW: u32 = 12;
+    pub const RWMUTEX_LOCK: u32 = 13;
+    pub const RWMUTEX_UNLOCK: u32 = 14;
+    pub const RWMUTEX_RLOCK_SLOW: u32 = 15;
+    pub const RWMUTEX_RUNLOCK_SLOW: u32 = 16;
+    /// An empty program: the benchmark's floor (trap + dispatch, no work).
+    pub const EMPTY: u32 = 17;
+    /// Slots in use.
+    pub const USED: u32 = 18;
+    /// Size of the counter array (room to grow without changing the map).
+    pub const COUNT: u32 = 32;
+}
+
+/// What an [`Event`] reports. Numbers are part of the kernel/userspace contract.
+pub mod event_kind {
+    /// A goroutine was created: `goid` = parent, `peer_goid` = child, `frames[0]` = `go` site.
+    pub const CREATE: u16 = 1;
+    /// A goroutine is about to exit (runtime.goexit1).
+    pub const EXIT: u16 = 2;
+    /// runtime.gopark: `reason` = wait reason code, `object` = the lock argument (for channel
+    /// parks `&hchan.lock`), `aux` = the unlockf funcval's code pointer.
+    pub const PARK: u16 = 3;
+    /// runtime.ready: `goid` = waker (0 = the scheduler itself), `peer_goid` = the woken g.
+    pub const WAKE: u16 = 4;
+    /// runtime.chansend: `object` = hchan, `flags` bit 0 = blocking.
+    pub const CHAN_SEND: u16 = 5;
+    /// runtime.chanrecv: `object` = hchan, `flags` bit 0 = blocking.
+    pub const CHAN_RECV: u16 = 6;
+    /// One case of runtime.selectgo: `object` = the case's hchan (0 for a nil channel),
+    /// `aux` = case index | ncases << 16 | nsends << 32 (cases below nsends are sends),
+    /// `flags` bit 0 = blocking.
+    pub const SELECT: u16 = 7;
+    pub const CHAN_CLOSE: u16 = 8;
+    /// runtime.makechan returned: `object` = new hchan, `aux` = capacity.
+    pub const CHAN_MAKE: u16 = 9;
+    /// Mutex slow path entered (contended Lock): `object` = the mutex.
+    pub const LOCK: u16 = 10;
+    /// Mutex slow-path unlock (there may be waiters): `object` = the mutex.
+    pub const UNLOCK: u16 = 11;
+    pub const RWLOCK: u16 = 12;
+    pub const RWUNLOCK: u16 = 13;
+    /// A reader blocks on an RWMutex (`object` = &rw.readerSem).
+    pub const RLOCK_WAIT: u16 = 14;
+    /// A reader unlock took the slow path (a writer waits): `object` = the RWMutex.
+    pub const RUNLOCK_SLOW: u16 = 15;
+    /// runtime.semacquire1: `object` = semaphore address, `reason` = wait reason code.
+    pub const SEM_ACQUIRE: u16 = 16;
+    /// runtime.semrelease1: `object` = semaphore address, `flags` bit 0 = handoff.
+    pub const SEM_RELEASE: u16 = 17;
+}
+
+pub mod event_flag {
+    pub const BLOCKING: u8 = 1;
+    pub const HANDOFF: u8 = 1;
+}
+
+/// Return addresses captured per event: `[rsp]` at entry, then up the frame-pointer chain.
+pub const EVENT_FRAMES: usize = 4;
+
+/// Most select cases reported per selectgo call (the loop in the kernel is bounded by this).
+pub const MAX_SELECT_CASES: u32 = 16;
+
+/// One record in the ring buffer: 88 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The goroutine the event is about (for WAKE: the waker; for CREATE: the parent).
+    pub goid: u64,
+    /// The other goroutine (WAKE: woken; CREATE: child). 0 when none.
+    pub peer_goid: u64,
+    pub object: u64,
+    pub aux: u64,
+    /// Run-time return addresses, innermost first; 0 where unreadable.
+    pub frames: [u64; EVENT_FRAMES],
+    pub kind: u16,
+    /// probe_slot of the program that emitted it.
+    pub probe: u16,
+    pub reason: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Offsets into the Go runtime's structures that the eBPF programs need. Filled in by userspace
-/// from `parkscope inspect` facts before the programs are loaded; never hard-coded.
+/// from the target's DWARF or the per-release table before loading; never hard-coded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoOffsets {
     pub g_goid: u32,
-    pub g_atomicstatus: u32,
-    pub g_waitreason: u32,
+    pub g_m: u32,
+    pub g_parent_goid: u32,
+    pub g_gopc: u32,
+    pub m_curg: u32,
+    pub hchan_dataqsiz: u32,
+    /// 1 when the probes should emit events; 0 = count only (benchmarks).
+    pub emit: u32,
     pub _pad: u32,
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for GoOffsets {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Event {}

@@ -8,6 +8,7 @@ pub mod gobin;
 pub mod goruntime;
 pub mod model;
 pub mod output;
+pub mod probes;
 pub mod remote;
 
 #[cfg(test)]

@@ -42,7 +42,10 @@ pub fn all() -> Vec<TestBinary> {
         )
     });
     let manifest: Manifest = serde_json::from_str(&text).expect("fixture manifest is valid JSON");
-    assert!(!manifest.binaries.is_empty(), "fixture manifest lists no binaries");
+    assert!(
+        !manifest.binaries.is_empty(),
+        "fixture manifest lists no binaries"
+    );
     manifest.binaries
 }
 

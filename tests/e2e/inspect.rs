@@ -52,7 +52,7 @@ fn inspect_agrees_with_go_tool_nm_on_every_binary() {
     for binary in &binaries {
         let report = inspect_json(&binary.path);
         let ctx = format!("{} ({} {})", binary.fixture, binary.go, binary.variant);
-        assert_eq!(report["go_version"], binary.go.as_str(), "{ctx}");
+        assert!(report["go_version"].as_str().unwrap().starts_with(&binary.go), "{ctx}");
         assert_eq!(report["build"]["goarch"], "amd64", "{ctx}");
         assert_eq!(report["build"]["pie"], binary.variant.starts_with("pie"), "{ctx}");
         assert_eq!(report["build"]["cgo"], binary.variant == "cgo", "{ctx}");

@@ -183,3 +183,73 @@ pub fn go_nm_functions(binary: &FixtureBinary) -> std::collections::HashMap<Stri
     }
     functions
 }
+
+/// One goroutine of Go's own dump (`pprof.Lookup("goroutine").WriteTo(w, 2)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpGoroutine {
+    pub goid: i64,
+    /// "chan send", "running", "sync.Mutex.Lock" … (the text before any ", N minutes").
+    pub state: String,
+    /// Function names, innermost first, without arguments.
+    pub functions: Vec<String>,
+    pub created_by: Option<String>,
+    pub created_in: Option<i64>,
+}
+
+/// Parse Go's goroutine dump (debug=2 format).
+pub fn parse_goroutine_dump(text: &str) -> Vec<DumpGoroutine> {
+    let mut out: Vec<DumpGoroutine> = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.strip_prefix("goroutine ") {
+            let Some((id, state)) = rest.split_once(" [") else { continue };
+            let state = state.trim_end_matches("]:");
+            let state = state.split(", ").next().unwrap_or(state);
+            // Go 1.26 may add more after the reason ("chan send, 2 minutes, locked to thread").
+            out.push(DumpGoroutine {
+                goid: id.parse().unwrap_or(-1),
+                state: state.to_string(),
+                functions: Vec::new(),
+                created_by: None,
+                created_in: None,
+            });
+            continue;
+        }
+        let Some(current) = out.last_mut() else { continue };
+        if line.is_empty() || line.starts_with('\t') || line.starts_with("...") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("created by ") {
+            let (func, parent) = match rest.split_once(" in goroutine ") {
+                Some((f, p)) => (f, p.trim().parse().ok()),
+                None => (rest, None),
+            };
+            current.created_by = Some(func.trim().to_string());
+            current.created_in = parent;
+            continue;
+        }
+        // "main.worker(0xc000010000, ...)" or "main.worker(...)"
+        let name = match line.rfind('(') {
+            Some(i) if line.ends_with(')') => &line[..i],
+            _ => line,
+        };
+        current.functions.push(name.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_goroutine_dump() {
+        let dump = "goroutine 1 [chan receive, 3 minutes]:\nmain.main()\n\t/src/main.go:10 +0x1d\n\ngoroutine 7 [chan send]:\nmain.(*svc).fetch(0xc000010000, {0x4b2f1a, 0x3})\n\t/src/main.go:20 +0x3d\ncreated by main.(*svc).handle in goroutine 5\n\t/src/main.go:30 +0x8f\n";
+        let gs = parse_goroutine_dump(dump);
+        assert_eq!(gs.len(), 2);
+        assert_eq!(gs[0].state, "chan receive");
+        assert_eq!(gs[1].functions, vec!["main.(*svc).fetch"]);
+        assert_eq!(gs[1].created_by.as_deref(), Some("main.(*svc).handle"));
+        assert_eq!(gs[1].created_in, Some(5));
+    }
+}

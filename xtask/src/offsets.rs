@@ -122,14 +122,28 @@ func main() {
 /// `go 1.21`: every toolchain in the table can build it without switching toolchains.
 const PROBE_GO_MOD: &str = "module parkscope.invalid/offsetsprobe\n\ngo 1.21\n";
 
-/// One release in table.json (the shape `gobin::offsets::TableRelease` reads).
+/// One release in table.json (the shape `gobin::offsets::TableRelease` reads): the layout of
+/// the newest patch, and those of older patches whose layout differs.
 #[derive(Debug, Serialize, Deserialize)]
 struct Release {
     go: String,
-    fields: BTreeMap<String, Field>,
+    fields: Fields,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    older: Vec<Older>,
 }
 
+/// The layout of the patches below `below` (and at or above the previous entry's `below`), as
+/// read from toolchain `go`.
 #[derive(Debug, Serialize, Deserialize)]
+struct Older {
+    below: u32,
+    go: String,
+    fields: Fields,
+}
+
+type Fields = BTreeMap<String, Field>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Field {
     offset: u64,
     size: u64,
@@ -143,7 +157,9 @@ pub fn run(args: &OffsetsArgs) -> anyhow::Result<()> {
              fetched from the Go module proxy through GOTOOLCHAIN)"
         );
     }
-    let toolchains = select_toolchains(&args.releases)?;
+    let listing = proxy_listing()?;
+    let toolchains = select_toolchains(&args.releases, &listing)?;
+    let patches = patches_in(&listing);
     let mut table: BTreeMap<String, Release> = if args.releases.is_empty() {
         BTreeMap::new()
     } else {
@@ -155,15 +171,20 @@ pub fn run(args: &OffsetsArgs) -> anyhow::Result<()> {
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         fs::write(work.join("main.go"), PROBE_MAIN_GO)?;
         fs::write(work.join("go.mod"), PROBE_GO_MOD)?;
+        let mut probe = Probe {
+            work: &work,
+            layouts: HashMap::new(),
+        };
         for toolchain in &toolchains {
-            let t = Instant::now();
-            let (release, entry) = read_toolchain(toolchain, &work)?;
-            eprintln!(
-                "xtask: {toolchain}: {} fields ({:.1}s)",
-                entry.fields.len(),
-                t.elapsed().as_secs_f64()
-            );
-            table.insert(release, entry);
+            let [_, minor, patch] = version_parts(toolchain)?;
+            // Every patch of the release up to the chosen one, as the proxy lists them.
+            let mut candidates: Vec<u32> = patches
+                .get(&minor)
+                .map(|p| p.iter().copied().filter(|&p| p < patch).collect())
+                .unwrap_or_default();
+            candidates.push(patch);
+            let release = release_layouts(&mut probe, minor, &candidates)?;
+            table.insert(format!("1.{minor}"), release);
         }
         Ok(())
     })();
@@ -185,8 +206,117 @@ pub fn run(args: &OffsetsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds and reads probe programs, each toolchain at most once.
+struct Probe<'a> {
+    work: &'a Path,
+    layouts: HashMap<String, Fields>,
+}
+
+impl Probe<'_> {
+    fn layout(&mut self, toolchain: &str) -> anyhow::Result<&Fields> {
+        if !self.layouts.contains_key(toolchain) {
+            let t = Instant::now();
+            let fields = read_toolchain(toolchain, self.work)?;
+            eprintln!(
+                "xtask: {toolchain}: {} fields ({:.1}s)",
+                fields.len(),
+                t.elapsed().as_secs_f64()
+            );
+            self.layouts.insert(toolchain.to_string(), fields);
+        }
+        Ok(&self.layouts[toolchain])
+    }
+}
+
+/// The layouts of one release. Runtime structs can change in a patch release (go1.23.x and
+/// go1.24.x grew `m.allpSnapshot`), so the first and the newest patch are compared, and when
+/// they differ the patches between them are bisected for every point where the layout changes.
+/// (A change that a later patch reverted exactly would go unseen: none is known.)
+fn release_layouts(probe: &mut Probe<'_>, minor: u32, patches: &[u32]) -> anyhow::Result<Release> {
+    let name = |i: usize| format!("go1.{minor}.{}", patches[i]);
+    let last = patches.len() - 1;
+    let starts = change_points(last, |a, b| {
+        let a = probe.layout(&name(a))?.clone();
+        Ok(&a == probe.layout(&name(b))?)
+    })?;
+    // Each segment is represented by the newest of its patches that was read.
+    let mut segments = Vec::new();
+    let mut begin = 0;
+    for &end in starts.iter().chain(std::iter::once(&(last + 1))) {
+        let read = (begin..end)
+            .rev()
+            .find(|&i| probe.layouts.contains_key(&name(i)))
+            .context("internal: a layout segment without a probed patch")?;
+        segments.push((end, name(read), probe.layout(&name(read))?.clone()));
+        begin = end;
+    }
+    let (_, go, fields) = segments
+        .pop()
+        .context("internal: no layout for the release")?;
+    let older = segments
+        .into_iter()
+        .map(|(end, go, fields)| Older {
+            below: patches[end],
+            go,
+            fields,
+        })
+        .collect::<Vec<_>>();
+    for o in &older {
+        let moved: Vec<&str> = field_keys()
+            .filter(|k| o.fields.get(*k) != fields.get(*k))
+            .collect();
+        eprintln!(
+            "xtask: go1.{minor}: patches below .{} ({}) differ from {go} in {}",
+            o.below,
+            o.go,
+            moved.join(", ")
+        );
+    }
+    Ok(Release { go, fields, older })
+}
+
+/// Indexes in `0..=last` where a new layout starts, by bisection: `same(a, b)` compares the
+/// layouts of two indexes. Intervals whose ends agree are assumed uniform.
+fn change_points(
+    last: usize,
+    mut same: impl FnMut(usize, usize) -> anyhow::Result<bool>,
+) -> anyhow::Result<Vec<usize>> {
+    let mut starts = Vec::new();
+    let mut pending = vec![(0usize, last)];
+    while let Some((lo, hi)) = pending.pop() {
+        if lo == hi || same(lo, hi)? {
+            continue;
+        }
+        if hi == lo + 1 {
+            starts.push(hi);
+            continue;
+        }
+        let mid = lo + (hi - lo) / 2;
+        pending.push((mid, hi));
+        pending.push((lo, mid));
+    }
+    starts.sort_unstable();
+    Ok(starts)
+}
+
+fn field_keys() -> impl Iterator<Item = &'static str> {
+    dwarf::FIELDS.iter().map(|f| f.key)
+}
+
 /// Pretty JSON with one line per field, so a regeneration's diff shows exactly what moved.
 fn render(table: &BTreeMap<String, Release>) -> anyhow::Result<String> {
+    fn fields(text: &mut String, fields: &Fields, indent: &str) -> anyhow::Result<()> {
+        for (j, (key, field)) in fields.iter().enumerate() {
+            let comma = if j + 1 < fields.len() { "," } else { "" };
+            *text += &format!(
+                "{indent}{}: {{\"offset\": {}, \"size\": {}}}{comma}\n",
+                serde_json::to_string(key)?,
+                field.offset,
+                field.size
+            );
+        }
+        Ok(())
+    }
     let mut text = String::from("{\n");
     for (i, (release, entry)) in table.iter().enumerate() {
         text += &format!(
@@ -194,17 +324,25 @@ fn render(table: &BTreeMap<String, Release>) -> anyhow::Result<String> {
             serde_json::to_string(release)?,
             serde_json::to_string(&entry.go)?
         );
-        for (j, (key, field)) in entry.fields.iter().enumerate() {
-            let comma = if j + 1 < entry.fields.len() { "," } else { "" };
-            text += &format!(
-                "      {}: {{\"offset\": {}, \"size\": {}}}{comma}\n",
-                serde_json::to_string(key)?,
-                field.offset,
-                field.size
-            );
+        fields(&mut text, &entry.fields, "      ")?;
+        if entry.older.is_empty() {
+            text += "    }\n";
+        } else {
+            text += "    },\n    \"older\": [\n";
+            for (k, older) in entry.older.iter().enumerate() {
+                text += &format!(
+                    "      {{\n        \"below\": {},\n        \"go\": {},\n        \"fields\": {{\n",
+                    older.below,
+                    serde_json::to_string(&older.go)?
+                );
+                fields(&mut text, &older.fields, "          ")?;
+                let comma = if k + 1 < entry.older.len() { "," } else { "" };
+                text += &format!("        }}\n      }}{comma}\n");
+            }
+            text += "    ]\n";
         }
         let comma = if i + 1 < table.len() { "," } else { "" };
-        text += &format!("    }}\n  }}{comma}\n");
+        text += &format!("  }}{comma}\n");
     }
     text += "}\n";
     Ok(text)
@@ -235,8 +373,7 @@ fn parse_wanted(arg: &str) -> anyhow::Result<Wanted> {
     let bare = arg.strip_prefix("go").unwrap_or(arg);
     let parts: Vec<&str> = bare.split('.').collect();
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if parts.len() < 2 || parts.len() > 3 || !parts.iter().all(|p| numeric(p)) || parts[0] != "1"
-    {
+    if parts.len() < 2 || parts.len() > 3 || !parts.iter().all(|p| numeric(p)) || parts[0] != "1" {
         bail!(
             "`{arg}` is not a Go release: use go1.X.Y (a toolchain), 1.X (its newest patch) or \
              latest"
@@ -252,7 +389,7 @@ fn parse_wanted(arg: &str) -> anyhow::Result<Wanted> {
     })
 }
 
-fn select_toolchains(args: &[String]) -> anyhow::Result<Vec<String>> {
+fn select_toolchains(args: &[String], listing: &str) -> anyhow::Result<Vec<String>> {
     if args.is_empty() {
         return Ok(DEFAULT_TOOLCHAINS.iter().map(|s| s.to_string()).collect());
     }
@@ -260,35 +397,42 @@ fn select_toolchains(args: &[String]) -> anyhow::Result<Vec<String>> {
         .iter()
         .map(|a| parse_wanted(a))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut newest: Option<BTreeMap<u32, (u32, String)>> = None;
+    let patches = patches_in(listing);
+    let newest: BTreeMap<u32, String> = patches
+        .iter()
+        .filter_map(|(minor, p)| Some((*minor, format!("go1.{minor}.{}", p.last()?))))
+        .collect();
     let mut out = Vec::new();
     for w in wanted {
         match w {
-            Wanted::Exact(t) => out.push(t),
-            Wanted::NewestOf(minor) => {
-                let list = match &newest {
-                    Some(l) => l,
-                    None => newest.insert(newest_patches()?),
-                };
-                match list.get(&minor) {
-                    Some((_, t)) => out.push(t.clone()),
-                    None => bail!("the Go module proxy has no go1.{minor} toolchain for linux/amd64"),
+            Wanted::Exact(t) => {
+                let [_, minor, patch] = version_parts(&t)?;
+                if !patches.get(&minor).is_some_and(|p| p.contains(&patch)) {
+                    bail!(
+                        "the Go module proxy does not list {t} for linux/amd64 (newest go1.{minor}: \
+                         {})",
+                        newest.get(&minor).map_or("none", String::as_str)
+                    );
                 }
+                out.push(t)
             }
-            Wanted::Latest => {
-                let list = match &newest {
-                    Some(l) => l,
-                    None => newest.insert(newest_patches()?),
-                };
-                out.extend(
-                    list.range(OLDEST_MINOR..)
-                        .map(|(_, (_, toolchain))| toolchain.clone()),
-                );
-            }
+            Wanted::NewestOf(minor) => match newest.get(&minor) {
+                Some(t) => out.push(t.clone()),
+                None => bail!("the Go module proxy has no go1.{minor} toolchain for linux/amd64"),
+            },
+            Wanted::Latest => out.extend(newest.range(OLDEST_MINOR..).map(|(_, t)| t.clone())),
         }
     }
     out.sort_by_key(|t| version_key(t));
     out.dedup();
+    // One toolchain per release: the table has one entry per release.
+    let mut seen = std::collections::HashSet::new();
+    for t in &out {
+        let minor = version_key(t).get(1).copied().unwrap_or(0);
+        if !seen.insert(minor) {
+            bail!("more than one go1.{minor} toolchain asked for: name one per release");
+        }
+    }
     Ok(out)
 }
 
@@ -300,22 +444,31 @@ fn version_key(toolchain: &str) -> Vec<u32> {
         .collect()
 }
 
-/// minor → (patch, "go1.minor.patch"): the newest final release of each, from the proxy's list of
-/// golang.org/toolchain versions (one query).
-fn newest_patches() -> anyhow::Result<BTreeMap<u32, (u32, String)>> {
-    let listing = cmd::output(
+fn version_parts(toolchain: &str) -> anyhow::Result<[u32; 3]> {
+    match version_key(toolchain)[..] {
+        [major, minor, patch] => Ok([major, minor, patch]),
+        _ => bail!("`{toolchain}` is not a go1.X.Y toolchain"),
+    }
+}
+
+/// The proxy's list of golang.org/toolchain versions (one query).
+fn proxy_listing() -> anyhow::Result<String> {
+    cmd::output(
         Command::new("go")
             .args(["list", "-m", "-versions", "golang.org/toolchain"])
             .current_dir(std::env::temp_dir())
             .env("GO111MODULE", "on")
             .env("GOFLAGS", ""),
     )
-    .context("asking the Go module proxy which Go toolchains exist")?;
-    Ok(newest_patches_in(&listing))
+    .context(
+        "asking the Go module proxy which Go toolchains exist (`go list -m -versions \
+         golang.org/toolchain`); check that GOPROXY is reachable",
+    )
 }
 
-fn newest_patches_in(listing: &str) -> BTreeMap<u32, (u32, String)> {
-    let mut newest: BTreeMap<u32, (u32, String)> = BTreeMap::new();
+/// minor → the final (non-rc) linux/amd64 patch releases the proxy lists, ascending.
+fn patches_in(listing: &str) -> BTreeMap<u32, Vec<u32>> {
+    let mut patches: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for version in listing.split_whitespace() {
         // v0.0.1-go1.24.13.linux-amd64; rc and beta releases have no third number.
         let Some(v) = version
@@ -335,12 +488,13 @@ fn newest_patches_in(listing: &str) -> BTreeMap<u32, (u32, String)> {
         ) else {
             continue;
         };
-        let slot = newest.entry(minor).or_insert((patch, format!("go{v}")));
-        if patch > slot.0 {
-            *slot = (patch, format!("go{v}"));
-        }
+        patches.entry(minor).or_default().push(patch);
     }
-    newest
+    for list in patches.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    patches
 }
 
 fn go_with(toolchain: &str, dir: &Path) -> Command {
@@ -360,7 +514,9 @@ fn go_with(toolchain: &str, dir: &Path) -> Command {
 }
 
 /// Downloads (or finds cached) `toolchain`, builds the probe with it and reads its layouts.
-fn read_toolchain(toolchain: &str, work: &Path) -> anyhow::Result<(String, Release)> {
+fn read_toolchain(toolchain: &str, work: &Path) -> anyhow::Result<Fields> {
+    // Tell a slow first download from a hang.
+    eprintln!("xtask: getting {toolchain} and building the probe with it");
     let out = go_with(toolchain, work)
         .args(["env", "GOVERSION"])
         .output()
@@ -380,9 +536,6 @@ fn read_toolchain(toolchain: &str, work: &Path) -> anyhow::Result<(String, Relea
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let minor = version_key(toolchain).get(1).copied().unwrap_or(0);
-    let release = format!("1.{minor}");
-
     let binary = work.join(format!("probe-{toolchain}"));
     cmd::output(
         go_with(toolchain, work)
@@ -392,7 +545,8 @@ fn read_toolchain(toolchain: &str, work: &Path) -> anyhow::Result<(String, Relea
     )
     .with_context(|| format!("building the offsets probe program with {toolchain}"))?;
     let data = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
-    let layouts = read_layouts(&data).with_context(|| format!("reading the DWARF of {toolchain}'s build"))?;
+    let layouts =
+        read_layouts(&data).with_context(|| format!("reading the DWARF of {toolchain}'s build"))?;
 
     let mut fields = BTreeMap::new();
     let mut undescribed = Vec::new();
@@ -420,13 +574,7 @@ fn read_toolchain(toolchain: &str, work: &Path) -> anyhow::Result<(String, Relea
             undescribed.join(", ")
         );
     }
-    Ok((
-        release,
-        Release {
-            go: toolchain.to_string(),
-            fields,
-        },
-    ))
+    Ok(fields)
 }
 
 /// The DWARF sections of an ELF (decompressed) through the product's reader.
@@ -492,11 +640,43 @@ mod tests {
     fn picks_the_newest_final_patch_of_each_release() {
         let listing = "v0.0.1-go1.21.0.linux-amd64 v0.0.1-go1.21.13.linux-amd64 \
                        v0.0.1-go1.21.9.linux-amd64 v0.0.1-go1.21.13.darwin-arm64 \
-                       v0.0.1-go1.27rc1.linux-amd64 v0.0.1-go1.26.2.linux-amd64";
-        let newest = newest_patches_in(listing);
-        assert_eq!(newest[&21].1, "go1.21.13");
-        assert_eq!(newest[&26].1, "go1.26.2");
-        assert!(!newest.contains_key(&27));
+                       v0.0.1-go1.27rc1.linux-amd64 v0.0.1-go1.26.2.linux-amd64 \
+                       v0.0.1-go1.26.1.linux-amd64";
+        assert_eq!(patches_in(listing)[&21], vec![0, 9, 13]);
+        assert_eq!(
+            select_toolchains(&["1.21".into(), "go1.26.1".into()], listing).unwrap(),
+            vec!["go1.21.13", "go1.26.1"]
+        );
+        assert_eq!(
+            select_toolchains(&["latest".into()], listing).unwrap(),
+            vec!["go1.21.13", "go1.26.2"]
+        );
+        assert!(select_toolchains(&["1.27".into()], listing).is_err());
+        assert!(select_toolchains(&["go1.21.5".into()], listing).is_err());
+        assert!(select_toolchains(&["go1.21.9".into(), "1.21".into()], listing).is_err());
+    }
+
+    #[test]
+    fn bisection_finds_every_layout_change_with_few_reads() {
+        // Layout ids per patch index: changes start at 4 and at 9.
+        let layouts = [0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2];
+        let mut reads = std::collections::BTreeSet::new();
+        let starts = change_points(layouts.len() - 1, |a, b| {
+            reads.insert(a);
+            reads.insert(b);
+            Ok(layouts[a] == layouts[b])
+        })
+        .unwrap();
+        assert_eq!(starts, vec![4, 9]);
+        assert!(reads.len() < layouts.len(), "read {reads:?}");
+        assert_eq!(
+            change_points(5, |_, _| Ok(true)).unwrap(),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            change_points(0, |_, _| unreachable!()).unwrap(),
+            Vec::<usize>::new()
+        );
     }
 
     #[test]
@@ -504,10 +684,42 @@ mod tests {
         let mut table = BTreeMap::new();
         for (release, go) in [("1.22", "go1.22.12"), ("1.21", "go1.21.13")] {
             let mut fields = BTreeMap::new();
-            fields.insert("g.goid".to_string(), Field { offset: 152, size: 8 });
-            fields.insert("g.$size".to_string(), Field { offset: 0, size: 408 });
-            table.insert(release.to_string(), Release { go: go.to_string(), fields });
+            fields.insert(
+                "g.goid".to_string(),
+                Field {
+                    offset: 152,
+                    size: 8,
+                },
+            );
+            fields.insert(
+                "g.$size".to_string(),
+                Field {
+                    offset: 0,
+                    size: 408,
+                },
+            );
+            table.insert(
+                release.to_string(),
+                Release {
+                    go: go.to_string(),
+                    fields: fields.clone(),
+                    older: Vec::new(),
+                },
+            );
         }
+        let mut moved = table["1.21"].fields.clone();
+        moved.insert(
+            "g.goid".to_string(),
+            Field {
+                offset: 144,
+                size: 8,
+            },
+        );
+        table.get_mut("1.21").unwrap().older.push(Older {
+            below: 6,
+            go: "go1.21.0".to_string(),
+            fields: moved,
+        });
         let text = render(&table).unwrap();
         assert!(text.contains("      \"g.goid\": {\"offset\": 152, \"size\": 8}\n"));
         let back: BTreeMap<String, Release> = serde_json::from_str(&text).unwrap();
@@ -517,7 +729,10 @@ mod tests {
 
     #[test]
     fn default_toolchains_are_sorted_and_one_per_release() {
-        let minors: Vec<u32> = DEFAULT_TOOLCHAINS.iter().map(|t| version_key(t)[1]).collect();
+        let minors: Vec<u32> = DEFAULT_TOOLCHAINS
+            .iter()
+            .map(|t| version_key(t)[1])
+            .collect();
         assert!(minors.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(minors[0], OLDEST_MINOR);
     }

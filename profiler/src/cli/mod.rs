@@ -2,6 +2,7 @@
 
 mod inspect;
 mod snapshot;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use parkscope::error::{InspectError, exit_code};
@@ -33,12 +34,17 @@ pub enum Command {
     /// probe, no pause.
     #[command(after_help = exit_code::HELP)]
     Snapshot(snapshot::SnapshotArgs),
+    /// Stream live events from eBPF uprobes on the Go runtime: goroutine creation and exit,
+    /// parks and wake-ups, channel operations, contended locks; under a CPU budget.
+    #[command(after_help = exit_code::HELP)]
+    Trace(trace::TraceArgs),
 }
 
 pub fn run(cli: Cli) -> Result<i32, InspectError> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Trace(args) => trace::run(args),
     }
 }
 

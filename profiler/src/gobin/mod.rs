@@ -3,6 +3,7 @@
 
 pub mod buildinfo;
 pub mod elf;
+pub mod moduledata;
 pub mod offsets;
 pub mod pclntab;
 pub mod probe_points;

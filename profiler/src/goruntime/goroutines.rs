@@ -246,7 +246,7 @@ mod tests {
     fn reads_the_allgs_slice() {
         let mut mem = RecordedMemory::new();
         mem.write_u64(0x500, 0x9000).write_u64(0x508, 2).write_u64(0x510, 4);
-        mem.write_u64(0x9000, 0xa000).write_u64(0x9008, 0xb000);
+        mem.add(0x9000, [0xa000u64.to_le_bytes(), 0xb000u64.to_le_bytes()].concat());
         assert_eq!(read_allgs(&mem, 0x500).unwrap(), vec![0xa000, 0xb000]);
         // len > cap is a torn header: never trusted.
         let mut torn = RecordedMemory::new();

@@ -122,10 +122,12 @@ fn record_waiters(
 pub fn classify_sync_wait(reason: &str, stack_functions: &[&str], sema: u64) -> Option<(ObjectKind, u64, Op)> {
     let in_stack = |name: &str| stack_functions.iter().any(|f| *f == name);
     match reason {
-        "sync.Mutex.Lock" => {
-            // RWMutex.Lock first takes its embedded Mutex, which sits at the RWMutex's address.
-            Some((ObjectKind::Mutex, sema.checked_sub(4)?, Op::Lock))
+        // RWMutex.Lock first takes its embedded writer Mutex, which sits at the RWMutex's
+        // address: the call site tells the two apart.
+        "sync.Mutex.Lock" if in_stack("sync.(*RWMutex).Lock") => {
+            Some((ObjectKind::RwMutex, sema.checked_sub(4)?, Op::Lock))
         }
+        "sync.Mutex.Lock" => Some((ObjectKind::Mutex, sema.checked_sub(4)?, Op::Lock)),
         "sync.RWMutex.RLock" => Some((ObjectKind::RwMutex, sema.checked_sub(12)?, Op::RLock)),
         "sync.RWMutex.Lock" => Some((ObjectKind::RwMutex, sema.checked_sub(8)?, Op::Lock)),
         "sync.WaitGroup.Wait" => Some((ObjectKind::WaitGroup, sema.checked_sub(8)?, Op::Wait)),

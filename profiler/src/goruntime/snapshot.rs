@@ -278,7 +278,12 @@ fn describe(
         wait_reason,
         parked_for_ns,
         start: stack::location(pclntab, bias, g.startpc),
-        created_by: stack::creation_site(pclntab, bias, g.gopc),
+        // Like Go's own traceback: main's creator is the runtime's bootstrap, not worth a line.
+        created_by: if g.goid == 1 {
+            None
+        } else {
+            stack::creation_site(pclntab, bias, g.gopc)
+        },
         parent_goid: g.parent_goid,
         stack,
         blocked_on,

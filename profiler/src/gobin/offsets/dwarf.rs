@@ -30,8 +30,10 @@ pub enum Locator {
     /// A member path (`["sched", "sp"]`). Alternatives are tried in order; the first that exists
     /// wins (renamed fields, wrapper structs that only some releases have).
     Member(&'static [&'static [&'static str]]),
-    /// The struct's own byte size (key `"<type>.$size"`).
+    /// The type's own byte size (key `"<type>.$size"`).
     Size,
+    /// The size of one element of a named array type (key `"<type>.$stride"`).
+    ElementSize,
 }
 
 /// One layout fact parkscope reads from a target.
@@ -82,6 +84,15 @@ const fn size_of(key: &'static str, type_name: &'static str, required: bool) -> 
     }
 }
 
+const fn stride_of(key: &'static str, type_name: &'static str) -> FieldSpec {
+    FieldSpec {
+        key,
+        type_name,
+        locator: Locator::ElementSize,
+        required: false,
+    }
+}
+
 const G: &str = "runtime.g";
 const SUDOG: &str = "runtime.sudog";
 const HCHAN: &str = "runtime.hchan";
@@ -94,6 +105,7 @@ const MHEAP: &str = "runtime.mheap";
 const SEMA_ROOT: &str = "runtime.semaRoot";
 const NOTIFY_LIST: &str = "runtime.notifyList";
 const SPECIAL: &str = "runtime.special";
+const SEM_TABLE: &str = "runtime.semTable";
 
 /// Every field parkscope reads, in the order the table lists them. Fields that only some
 /// releases have (g.syscallbp ≥ 1.23, hchan.timer ≥ 1.23, mspan.largeType ≥ 1.22,
@@ -209,6 +221,9 @@ pub const FIELDS: &[FieldSpec] = &[
     member("semaRoot.treap", SEMA_ROOT, &[&["treap"]]),
     member("semaRoot.nwait", SEMA_ROOT, &[&["nwait"]]),
     size_of("semaRoot.$size", SEMA_ROOT, false),
+    // runtime.semtable: [251]struct{root semaRoot; pad [...]byte}, one cache line per entry.
+    size_of("semTable.$size", SEM_TABLE, false),
+    stride_of("semTable.$stride", SEM_TABLE),
     member("notifyList.wait", NOTIFY_LIST, &[&["wait"]]),
     member("notifyList.notify", NOTIFY_LIST, &[&["notify"]]),
     member("notifyList.head", NOTIFY_LIST, &[&["head"]]),
@@ -303,7 +318,7 @@ const MAX_EMBEDDING: usize = 4;
 struct Index<'a> {
     str: DebugStr<R<'a>>,
     units: Vec<UnitEntry<'a>>,
-    /// Wanted struct name → section offset of its (first, defining) DIE.
+    /// Wanted type name → section offset of its (first, defining) struct or array DIE.
     structs: HashMap<&'static str, usize>,
 }
 
@@ -359,7 +374,9 @@ impl<'a> Index<'a> {
         }
         let mut cursor = unit.header.entries(&unit.abbrevs);
         while let Ok(Some(entry)) = cursor.next_dfs() {
-            if entry.tag() != constants::DW_TAG_structure_type {
+            if entry.tag() != constants::DW_TAG_structure_type
+                && entry.tag() != constants::DW_TAG_array_type
+            {
                 continue;
             }
             if entry.attr(constants::DW_AT_declaration).is_some() {
@@ -472,7 +489,9 @@ impl<'a> Index<'a> {
                     child.attr_value(DW_AT_GO_EMBEDDED_FIELD),
                     Some(AttributeValue::Flag(true))
                 ) || matches!(
-                    child.attr_value(DW_AT_GO_EMBEDDED_FIELD).and_then(|v| v.udata_value()),
+                    child
+                        .attr_value(DW_AT_GO_EMBEDDED_FIELD)
+                        .and_then(|v| v.udata_value()),
                     Some(1..)
                 );
                 if let (Some(name), Some(offset)) = (facts.name, facts.member_location) {
@@ -517,19 +536,31 @@ impl<'a> Index<'a> {
         let Some(&root) = self.structs.get(spec.type_name) else {
             return Lookup::NoType;
         };
-        let Some((root_die, _)) = self.struct_members(root) else {
+        let Some(root_die) = self.die(root) else {
             return Lookup::NoType;
         };
-        match spec.locator {
-            Locator::Size => match root_die.byte_size {
-                Some(size) => Lookup::Found(Layout { offset: 0, size }),
-                None => Lookup::NoType,
-            },
-            Locator::Member(paths) => paths
-                .iter()
-                .find_map(|path| self.resolve_path(root, path))
-                .map_or(Lookup::NoMember, Lookup::Found),
-        }
+        let found = match spec.locator {
+            Locator::Size => root_die.byte_size.map(|size| Layout { offset: 0, size }),
+            Locator::ElementSize => {
+                if root_die.tag != constants::DW_TAG_array_type {
+                    return Lookup::NoType;
+                }
+                root_die
+                    .type_ref
+                    .and_then(|t| self.type_size(t))
+                    .map(|size| Layout { offset: 0, size })
+            }
+            Locator::Member(paths) => {
+                if self.struct_members(root).is_none() {
+                    return Lookup::NoType;
+                }
+                return paths
+                    .iter()
+                    .find_map(|path| self.resolve_path(root, path))
+                    .map_or(Lookup::NoMember, Lookup::Found);
+            }
+        };
+        found.map_or(Lookup::NoType, Lookup::Found)
     }
 
     /// A member of the struct at `offset`, directly or promoted from an embedded field (as Go's

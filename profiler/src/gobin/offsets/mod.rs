@@ -34,8 +34,9 @@ pub enum OffsetSource {
     Table,
 }
 
-/// One field: its byte offset from the start of its struct (for `<type>.$size`, 0), its width in
-/// bytes (for `$size`, the struct's size), and where those came from.
+/// One field: its byte offset from the start of its struct, its width in bytes, and where those
+/// came from. For `<type>.$size` the offset is 0 and the size the type's; for `<type>.$stride`
+/// (an array type) the size is one element's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct FieldOffset {
     pub value: u64,
@@ -51,12 +52,50 @@ pub struct RuntimeOffsets {
     fields: BTreeMap<&'static str, FieldOffset>,
 }
 
-/// One release's entry in table.json.
+/// One release's entry in table.json: the layout of its newest patch, and the layouts of older
+/// patches where they differ (runtime structs do change in patch releases: go1.23.x and go1.24.x
+/// inserted `m.allpSnapshot`, moving `m.alllink`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub struct TableRelease {
     /// The toolchain the entry was read from, e.g. "go1.23.12".
     pub go: String,
     pub fields: BTreeMap<String, TableField>,
+    /// Ascending by `below`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub older: Vec<TableOlder>,
+}
+
+/// The layout of the patches in [previous entry's `below`, `below`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct TableOlder {
+    pub below: u32,
+    /// The toolchain it was read from, e.g. "go1.23.4".
+    pub go: String,
+    pub fields: BTreeMap<String, TableField>,
+}
+
+/// The table's layout for one patch release.
+#[derive(Clone, Copy, Debug)]
+pub struct TableLayout<'t> {
+    /// The toolchain the layout was read from.
+    pub go: &'t str,
+    pub fields: &'t BTreeMap<String, TableField>,
+}
+
+impl TableRelease {
+    /// The layout that applies to patch `patch` of this release (an rc counts as patch 0).
+    pub fn for_patch(&self, patch: u32) -> TableLayout<'_> {
+        match self.older.iter().find(|o| patch < o.below) {
+            Some(o) => TableLayout {
+                go: &o.go,
+                fields: &o.fields,
+            },
+            None => TableLayout {
+                go: &self.go,
+                fields: &self.fields,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -140,7 +179,7 @@ impl RuntimeOffsets {
         let entry = if is_devel {
             None
         } else {
-            table().get(&release)
+            table().get(&release).map(|r| r.for_patch(go.patch))
         };
         if dwarf.is_none() && entry.is_none() {
             let why = if is_devel {
@@ -171,13 +210,15 @@ impl RuntimeOffsets {
                     source: OffsetSource::Dwarf,
                 }),
                 Some(Lookup::NoMember) => None,
-                Some(Lookup::NoType) | None => entry
-                    .and_then(|e| e.fields.get(spec.key))
-                    .map(|f| FieldOffset {
-                        value: f.offset,
-                        size: f.size,
-                        source: OffsetSource::Table,
-                    }),
+                Some(Lookup::NoType) | None => {
+                    entry
+                        .and_then(|e| e.fields.get(spec.key))
+                        .map(|f| FieldOffset {
+                            value: f.offset,
+                            size: f.size,
+                            source: OffsetSource::Table,
+                        })
+                }
             };
             if let Some(found) = found {
                 fields.insert(spec.key, found);
@@ -238,8 +279,8 @@ impl RuntimeOffsets {
 
     /// The table's offsets for a release, all with source Table (tests elsewhere that need a
     /// real layout without a binary).
-    pub fn from_table(release: &str) -> Option<RuntimeOffsets> {
-        let entry = table().get(release)?;
+    pub fn from_table(release: &str, patch: u32) -> Option<RuntimeOffsets> {
+        let entry = table().get(release)?.for_patch(patch);
         let fields = FIELDS.iter().filter_map(|spec| {
             let f = entry.fields.get(spec.key)?;
             Some((
@@ -256,4 +297,401 @@ impl RuntimeOffsets {
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::testbins::{self, TestBinary};
+
+    fn version(raw: &str) -> GoVersion {
+        GoVersion::parse(raw).unwrap_or_else(|| panic!("version {raw}"))
+    }
+
+    fn load(bin: &TestBinary) -> Vec<u8> {
+        std::fs::read(&bin.path).unwrap_or_else(|e| panic!("{}: {e}", bin.path.display()))
+    }
+
+    fn resolve_binary(bin: &TestBinary) -> Result<RuntimeOffsets, InspectError> {
+        let data = load(bin);
+        let image = ElfImage::parse(&data).unwrap();
+        RuntimeOffsets::resolve(&image, &version(&bin.go))
+    }
+
+    fn table_layout(release: &str, patch: u32) -> TableLayout<'static> {
+        table()
+            .get(release)
+            .unwrap_or_else(|| {
+                panic!("Go {release} is not in table.json: run `cargo xtask offsets --releases {release}`")
+            })
+            .for_patch(patch)
+    }
+
+    /// The table's offset of a field for a release's newest patch.
+    fn table_offset(release: &str, key: &str) -> Option<u64> {
+        table_layout(release, u32::MAX)
+            .fields
+            .get(key)
+            .map(|f| f.offset)
+    }
+
+    fn table_size(release: &str, key: &str) -> Option<u64> {
+        table_layout(release, u32::MAX)
+            .fields
+            .get(key)
+            .map(|f| f.size)
+    }
+
+    #[test]
+    fn table_is_well_formed_and_covers_every_release_from_the_oldest_supported() {
+        let t = table();
+        let (major, minor) = crate::gobin::version::OLDEST_SUPPORTED;
+        assert!(t.contains_key(&format!("{major}.{minor}")));
+        for (release, entry) in t {
+            let mut layouts = vec![(entry.go.as_str(), &entry.fields)];
+            layouts.extend(entry.older.iter().map(|o| (o.go.as_str(), &o.fields)));
+            assert!(
+                entry.older.windows(2).all(|w| w[0].below < w[1].below),
+                "{release}: older layouts ascend"
+            );
+            for o in &entry.older {
+                let patch = version(&o.go).patch;
+                assert!(
+                    patch < o.below,
+                    "{release}: {} read below {}",
+                    o.go,
+                    o.below
+                );
+            }
+            for (go, fields) in layouts {
+                assert_eq!(
+                    version(go).release(),
+                    *release,
+                    "{go} filed under {release}"
+                );
+                for spec in FIELDS.iter().filter(|s| s.required) {
+                    assert!(fields.contains_key(spec.key), "{go} lacks {}", spec.key);
+                }
+                for key in fields.keys() {
+                    assert!(dwarf::spec(key).is_some(), "{go}: unknown key {key}");
+                }
+            }
+        }
+    }
+
+    /// (a) For every binary of the test matrix that has DWARF, the table's layout for its
+    /// release and patch says exactly what its DWARF says, field by field.
+    #[test]
+    fn table_agrees_with_the_dwarf_of_every_test_binary() {
+        let mut checked = 0;
+        let mut problems = Vec::new();
+        for bin in testbins::all() {
+            if !matches!(bin.variant.as_str(), "plain" | "pie" | "cgo") {
+                continue;
+            }
+            let data = load(&bin);
+            let image = ElfImage::parse(&data).unwrap();
+            let what = format!("{} {} ({})", bin.fixture, bin.go, bin.variant);
+            assert!(image.has_dwarf(), "{what} has no DWARF");
+            let dwarf = read_dwarf(&image).unwrap_or_else(|| panic!("{what}: unreadable DWARF"));
+            let go = version(&bin.go);
+            let layout = table_layout(&go.release(), go.patch);
+            for spec in FIELDS {
+                let in_table = layout.fields.get(spec.key);
+                match (dwarf[spec.key], in_table) {
+                    (Lookup::Found(l), Some(t)) if l.offset == t.offset && l.size == t.size => {}
+                    (Lookup::NoMember, None) => {}
+                    // Not described by this binary: a required struct must always be.
+                    (Lookup::NoType, _) if !spec.required => {}
+                    (d, t) => problems.push(format!(
+                        "{what}: {} DWARF {d:?}, table ({}) {t:?}",
+                        spec.key, layout.go
+                    )),
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "no test binary with DWARF in the manifest");
+        assert!(
+            problems.is_empty(),
+            "table.json disagrees with DWARF (regenerate with `cargo xtask offsets`):\n{}",
+            problems.join("\n")
+        );
+    }
+
+    /// (b) Binaries linked with -s -w resolve from the table alone, to the same layout their
+    /// unstripped twins get from DWARF.
+    #[test]
+    fn stripped_binaries_resolve_from_the_table_like_their_twins() {
+        let all = testbins::all();
+        let mut checked = 0;
+        for bin in all
+            .iter()
+            .filter(|b| matches!(b.variant.as_str(), "stripped" | "pie-stripped"))
+        {
+            let twin_variant = if bin.variant == "stripped" {
+                "plain"
+            } else {
+                "pie"
+            };
+            let twin = all
+                .iter()
+                .find(|b| b.fixture == bin.fixture && b.go == bin.go && b.variant == twin_variant)
+                .unwrap_or_else(|| panic!("no {twin_variant} twin of {bin:?}"));
+            let data = load(bin);
+            assert!(
+                !ElfImage::parse(&data).unwrap().has_dwarf(),
+                "{bin:?} has DWARF"
+            );
+            let stripped = resolve_binary(bin).unwrap();
+            let unstripped = resolve_binary(twin).unwrap();
+            for (key, f) in stripped.iter() {
+                assert_eq!(f.source, OffsetSource::Table, "{key} of {bin:?}");
+            }
+            let values = |o: &RuntimeOffsets| -> Vec<(String, u64, u64)> {
+                o.iter()
+                    .map(|(k, f)| (k.to_string(), f.value, f.size))
+                    .collect()
+            };
+            assert_eq!(
+                values(&stripped),
+                values(&unstripped),
+                "{bin:?} vs its twin"
+            );
+            assert!(
+                unstripped
+                    .iter()
+                    .any(|(_, f)| f.source == OffsetSource::Dwarf),
+                "{twin:?} used its DWARF"
+            );
+            checked += 1;
+        }
+        assert!(checked > 0, "no stripped binary in the manifest");
+    }
+
+    /// (c) The facts go-runtime.md documents, as the generated table has them.
+    #[test]
+    fn table_has_the_documented_layouts() {
+        let goid = |r: &str| table_offset(r, "g.goid");
+        for r in ["1.21", "1.22", "1.25", "1.26"] {
+            assert_eq!(goid(r), Some(152), "g.goid in {r}");
+        }
+        for r in ["1.23", "1.24"] {
+            assert_eq!(goid(r), Some(160), "g.goid in {r}");
+        }
+        for r in ["1.21", "1.22", "1.23", "1.24"] {
+            assert_eq!(table_offset(r, "g.sched.bp"), Some(104), "{r}");
+            assert_eq!(table_offset(r, "sudog.elem"), Some(24), "{r}");
+            assert_eq!(table_offset(r, "sudog.c"), Some(80), "{r}");
+        }
+        assert_eq!(table_offset("1.25", "g.sched.bp"), Some(96));
+        // 1.26: the `vu` words of maybeTraceablePtr / maybeTraceableChan.
+        assert_eq!(table_offset("1.26", "sudog.elem"), Some(32));
+        assert_eq!(table_offset("1.26", "sudog.c"), Some(96));
+        assert_eq!(table_size("1.26", "sudog.c"), Some(8));
+        assert_eq!(table_offset("1.26", "sudog.$size").map(|_| ()), Some(()));
+        assert_eq!(table_size("1.26", "sudog.$size"), Some(104));
+        for (r, lock, size) in [("1.22", 88, 96), ("1.23", 96, 104), ("1.25", 104, 112)] {
+            assert_eq!(table_offset(r, "hchan.lock"), Some(lock), "{r}");
+            assert_eq!(table_size(r, "hchan.$size"), Some(size), "{r}");
+        }
+        assert_eq!(table_offset("1.21", "g.syscallbp"), None);
+        assert_eq!(table_offset("1.23", "g.syscallbp"), Some(128));
+        assert_eq!(table_offset("1.22", "hchan.timer"), None);
+        assert_eq!(table_offset("1.23", "hchan.timer"), Some(32));
+        assert_eq!(table_offset("1.21", "g.parentGoid"), Some(272));
+        // mspan.nelems / freeindex: uintptr up to 1.21, uint16 from 1.22.
+        assert_eq!(table_size("1.21", "mspan.nelems"), Some(8));
+        assert_eq!(table_offset("1.21", "mspan.nelems"), Some(56));
+        assert_eq!(table_size("1.22", "mspan.nelems"), Some(2));
+        assert_eq!(table_offset("1.22", "mspan.nelems"), Some(50));
+        assert_eq!(table_size("1.22", "mspan.freeindex"), Some(2));
+        assert_eq!(table_offset("1.21", "mspan.largeType"), None);
+        assert_eq!(table_offset("1.22", "mspan.largeType"), Some(152));
+        assert_eq!(table_offset("1.21", "heapArena.spans"), Some(1064960));
+        assert_eq!(table_offset("1.22", "heapArena.spans"), Some(0));
+        assert_eq!(table_offset("1.21", "mspan.state"), Some(107));
+        assert_eq!(table_offset("1.26", "mspan.state"), Some(99));
+        assert_eq!(table_size("1.26", "mspan.state"), Some(1));
+        assert_eq!(table_offset("1.21", "mheap.allArenas"), Some(66032));
+        assert_eq!(table_offset("1.25", "mheap.allArenas"), Some(66096));
+        assert_eq!(table_offset("1.26", "semaRoot.treap"), Some(8));
+        assert_eq!(table_offset("1.26", "semaRoot.nwait"), Some(16));
+        for r in table().keys() {
+            assert_eq!(table_size(r, "semTable.$stride"), Some(64), "{r}");
+            assert_eq!(table_size(r, "semTable.$size"), Some(251 * 64), "{r}");
+        }
+        assert_eq!(table_size("1.21", "g.atomicstatus"), Some(4));
+        assert_eq!(table_size("1.21", "g.waitreason"), Some(1));
+        // Within a release: go1.23.x and go1.24.x inserted m.allpSnapshot in a patch.
+        for r in ["1.23", "1.24"] {
+            let first = table_layout(r, 0).fields["m.alllink"].offset;
+            assert_eq!(first, 328, "m.alllink in {r}.0");
+            assert_eq!(
+                table_offset(r, "m.alllink"),
+                Some(352),
+                "m.alllink in newest {r}"
+            );
+            assert_eq!(table_layout(r, 0).fields["m.curg"].offset, 192);
+        }
+    }
+
+    /// (d) A binary without DWARF from a release the table does not know is refused, by name.
+    #[test]
+    fn stripped_binary_of_an_unknown_release_is_unsupported() {
+        let err = RuntimeOffsets::from_sources(None, &version("go1.99.2")).unwrap_err();
+        match &err {
+            InspectError::UnsupportedGoVersion { version, why } => {
+                assert_eq!(version, "go1.99.2");
+                assert!(why.contains("Go 1.99 is not in"), "{why}");
+                assert!(why.contains("-w"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.exit_code(), crate::error::exit_code::UNSUPPORTED);
+        // A development toolchain is not trusted to match its release's table.
+        let err =
+            RuntimeOffsets::from_sources(None, &version("devel go1.26-abc123 Mon")).unwrap_err();
+        assert!(err.to_string().contains("development toolchain"), "{err}");
+    }
+
+    #[test]
+    fn stripped_test_binary_claiming_an_unknown_release_is_unsupported() {
+        let bin = testbins::variant("stripped")
+            .into_iter()
+            .next()
+            .expect("a stripped test binary");
+        let data = load(&bin);
+        let image = ElfImage::parse(&data).unwrap();
+        let err = RuntimeOffsets::resolve(&image, &version("go1.99.0")).unwrap_err();
+        assert!(
+            matches!(err, InspectError::UnsupportedGoVersion { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1.99"), "{err}");
+    }
+
+    #[test]
+    fn a_future_release_with_dwarf_resolves_from_dwarf_alone() {
+        let bin = testbins::variant("plain")
+            .into_iter()
+            .next()
+            .expect("a plain test binary");
+        let data = load(&bin);
+        let image = ElfImage::parse(&data).unwrap();
+        let offsets = RuntimeOffsets::resolve(&image, &version("go1.99.0")).unwrap();
+        assert!(offsets.iter().all(|(_, f)| f.source == OffsetSource::Dwarf));
+        let real = resolve_binary(&bin).unwrap();
+        assert_eq!(
+            offsets.get("g.goid").map(|f| f.value),
+            real.get("g.goid").map(|f| f.value)
+        );
+    }
+
+    #[test]
+    fn dwarf_wins_and_the_table_fills_undescribed_structs_only() {
+        let go = version("go1.24.13");
+        let mut dwarf: BTreeMap<&'static str, Lookup> =
+            FIELDS.iter().map(|s| (s.key, Lookup::NoType)).collect();
+        // A custom build whose g moved; the table must not override it.
+        dwarf.insert(
+            "g.goid",
+            Lookup::Found(Layout {
+                offset: 999,
+                size: 8,
+            }),
+        );
+        // A field this build does not have: absent, even though the table has it.
+        dwarf.insert("g.labels", Lookup::NoMember);
+        let offsets = RuntimeOffsets::from_sources(Some(&dwarf), &go).unwrap();
+        let goid = offsets.get("g.goid").unwrap();
+        assert_eq!((goid.value, goid.source), (999, OffsetSource::Dwarf));
+        assert_eq!(offsets.get("g.labels"), None);
+        let sp = offsets.get("g.sched.sp").unwrap();
+        assert_eq!(sp.source, OffsetSource::Table);
+        assert_eq!(sp.value, table_offset("1.24", "g.sched.sp").unwrap());
+        assert!(offsets.require("g.labels").is_err());
+        assert_eq!(offsets.require("g.sched.sp").unwrap(), sp.value);
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let dwarf: BTreeMap<&'static str, Lookup> = FIELDS
+            .iter()
+            .map(|s| {
+                (
+                    s.key,
+                    if s.key == "g.goid" {
+                        Lookup::NoMember
+                    } else {
+                        Lookup::NoType
+                    },
+                )
+            })
+            .collect();
+        let err = RuntimeOffsets::from_sources(Some(&dwarf), &version("go1.99.0")).unwrap_err();
+        assert!(err.to_string().contains("g.goid"), "{err}");
+    }
+
+    #[test]
+    fn from_table_picks_the_patch_layout() {
+        let old = RuntimeOffsets::from_table("1.24", 0).unwrap();
+        let new = RuntimeOffsets::from_table("1.24", 13).unwrap();
+        assert_eq!(old.get("m.alllink").unwrap().value, 328);
+        assert_eq!(new.get("m.alllink").unwrap().value, 352);
+        assert_eq!(new.get("g.goid").unwrap().source, OffsetSource::Table);
+        assert!(RuntimeOffsets::from_table("1.99", 0).is_none());
+    }
+
+    /// The reader survives damaged DWARF: truncated and bit-flipped sections of a real binary.
+    #[test]
+    fn reader_survives_damaged_dwarf() {
+        let bin = testbins::variant("plain")
+            .into_iter()
+            .next()
+            .expect("a plain test binary");
+        let data = load(&bin);
+        let image = ElfImage::parse(&data).unwrap();
+        let info = image
+            .section_uncompressed(".debug_info")
+            .unwrap()
+            .into_owned();
+        let abbrev = image
+            .section_uncompressed(".debug_abbrev")
+            .unwrap()
+            .into_owned();
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..24 {
+            let cut = (next() % info.len() as u64) as usize;
+            fuzz_dwarf(&info[..cut], &abbrev);
+            let mut damaged = info.clone();
+            for _ in 0..16 {
+                let at = (next() % damaged.len() as u64) as usize;
+                damaged[at] ^= 1 << (next() % 8);
+            }
+            fuzz_dwarf(&damaged, &abbrev);
+            let mut bad_abbrev = abbrev.clone();
+            let at = (next() % bad_abbrev.len() as u64) as usize;
+            bad_abbrev[at] = next() as u8;
+            fuzz_dwarf(&info, &bad_abbrev);
+        }
+    }
+}
+#[cfg(test)]
+mod timing_tmp {
+    #[test]
+    fn timing_tmp() {
+        let bin = crate::testbins::variant("plain").into_iter().next().unwrap();
+        let data = std::fs::read(&bin.path).unwrap();
+        let image = crate::gobin::elf::ElfImage::parse(&data).unwrap();
+        let t = std::time::Instant::now();
+        let info = image.section_uncompressed(".debug_info").unwrap();
+        let abbrev = image.section_uncompressed(".debug_abbrev").unwrap();
+        let t1 = t.elapsed();
+        let l = super::dwarf::read_layouts(super::dwarf::Sections { info: &info, abbrev: &abbrev, str: &[] });
+        eprintln!("decompress {:?} ({} bytes) read {:?} {}", t1, info.len(), t.elapsed() - t1, l.len());
+    }
+}

@@ -1,0 +1,275 @@
+//! Raw kernel events → what a user reads: the runtime's own wait-reason text, the object's
+//! address, and the first user frame as function file:line (symbolized through pclntab).
+
+use profiler_common::{Event, event_flag, event_kind as kind};
+use serde::Serialize;
+
+use crate::gobin::GoBinary;
+use crate::gobin::pclntab::SourceLine;
+
+/// One decoded event; also the JSON line `parkscope trace --json` prints.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TraceEvent {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    /// The goroutine the event is about; for `wake` the waker (0 = the scheduler), for
+    /// `create` the parent.
+    pub goid: u64,
+    pub event: &'static str,
+    /// Hex address of the object (channel, mutex, semaphore, g), "" when none.
+    pub object: String,
+    /// The runtime's wait-reason text (park, sem_acquire).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+    /// Raw return address the location came from.
+    pub pc: String,
+    /// wake: the woken goroutine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_goid: Option<u64>,
+    /// create: the new goroutine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_goid: Option<u64>,
+    /// chan_send / chan_recv / select: whether the operation may block.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocking: Option<bool>,
+    /// select: case index, number of cases, direction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ncases: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<&'static str>,
+    /// chan_make: capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+}
+
+pub fn event_name(k: u16) -> &'static str {
+    match k {
+        kind::CREATE => "create",
+        kind::EXIT => "exit",
+        kind::PARK => "park",
+        kind::WAKE => "wake",
+        kind::CHAN_SEND => "chan_send",
+        kind::CHAN_RECV => "chan_recv",
+        kind::SELECT => "select",
+        kind::CHAN_CLOSE => "chan_close",
+        kind::CHAN_MAKE => "chan_make",
+        kind::LOCK => "lock",
+        kind::UNLOCK => "unlock",
+        kind::RWLOCK => "rw_lock",
+        kind::RWUNLOCK => "rw_unlock",
+        kind::RLOCK_WAIT => "rlock_wait",
+        kind::RUNLOCK_SLOW => "runlock_slow",
+        kind::SEM_ACQUIRE => "sem_acquire",
+        kind::SEM_RELEASE => "sem_release",
+        _ => "unknown",
+    }
+}
+
+/// Offset of `readerSem` in sync.RWMutex {w Mutex; writerSem, readerSem uint32; ...}: the
+/// same in every supported release (docs/go-runtime.md §1, verified 1.18–1.26). A reader's
+/// semaphore address minus this is the RWMutex the user declared.
+const RWMUTEX_READER_SEM: u64 = 12;
+
+/// Packages whose frames are the machinery, not the user's code.
+fn is_runtime_frame(function: &str) -> bool {
+    function.starts_with("runtime.")
+        || function.starts_with("internal/")
+        || function.starts_with("sync.")
+        || function.starts_with("sync/atomic.")
+}
+
+/// Everything needed to decode one target's events.
+pub struct Decoder<'a, 'data> {
+    binary: &'a GoBinary<'data>,
+    load_bias: u64,
+    /// Offset of hchan.lock: a channel park's lock argument minus this is the channel.
+    hchan_lock: Option<u64>,
+}
+
+impl<'a, 'data> Decoder<'a, 'data> {
+    pub fn new(binary: &'a GoBinary<'data>, load_bias: u64) -> Self {
+        Decoder {
+            binary,
+            load_bias,
+            hchan_lock: binary.offsets.get("hchan.lock").map(|f| f.value),
+        }
+    }
+
+    pub fn reason_text(&self, code: u8) -> String {
+        self.binary
+            .wait_reasons
+            .as_ref()
+            .and_then(|w| w.name(code))
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("waitreason {code}"))
+    }
+
+    /// Source lines (innermost inlined first) of a return address, looked up at pc-1 so the
+    /// call instruction's line is named.
+    fn lines(&self, pc: u64) -> Vec<SourceLine> {
+        if pc == 0 {
+            return Vec::new();
+        }
+        self.binary
+            .pclntab
+            .frames(pc.wrapping_sub(self.load_bias).wrapping_sub(1))
+    }
+
+    /// The first frame that is the user's code; else the innermost frame; else nothing.
+    pub fn locate(&self, pcs: &[u64]) -> (Option<SourceLine>, u64) {
+        let mut first = None;
+        for &pc in pcs {
+            for line in self.lines(pc) {
+                if !is_runtime_frame(&line.function) {
+                    return (Some(line), pc);
+                }
+                if first.is_none() {
+                    first = Some((line, pc));
+                }
+            }
+        }
+        match first {
+            Some((line, pc)) => (Some(line), pc),
+            None => (None, pcs.first().copied().unwrap_or(0)),
+        }
+    }
+
+    pub fn decode(&self, e: &Event) -> TraceEvent {
+        let mut out = TraceEvent {
+            ts_ns: e.ts_ns,
+            pid: e.pid,
+            tid: e.tid,
+            goid: e.goid,
+            event: event_name(e.kind),
+            object: hex(e.object),
+            reason: None,
+            function: String::new(),
+            file: String::new(),
+            line: 0,
+            pc: String::new(),
+            peer_goid: None,
+            child_goid: None,
+            blocking: None,
+            case: None,
+            ncases: None,
+            dir: None,
+            capacity: None,
+        };
+        let mut pcs: Vec<u64> = e.frames.to_vec();
+        match e.kind {
+            kind::CREATE => {
+                out.child_goid = Some(e.peer_goid);
+                // The creation site: the new g's gopc (the return address after `go`).
+                pcs = vec![e.aux];
+            }
+            kind::WAKE => {
+                out.peer_goid = Some(e.peer_goid);
+            }
+            kind::PARK => {
+                let reason = self.reason_text(e.reason);
+                if (reason == "chan receive" || reason == "chan send")
+                    && let Some(lock_off) = self.hchan_lock
+                    && e.object != 0
+                {
+                    out.object = hex(e.object.wrapping_sub(lock_off));
+                }
+                out.reason = Some(reason);
+            }
+            kind::SEM_ACQUIRE => out.reason = Some(self.reason_text(e.reason)),
+            kind::CHAN_SEND | kind::CHAN_RECV => {
+                out.blocking = Some(e.flags & event_flag::BLOCKING != 0);
+            }
+            kind::SELECT => {
+                out.blocking = Some(e.flags & event_flag::BLOCKING != 0);
+                out.case = Some((e.aux & 0xffff) as u32);
+                out.ncases = Some(((e.aux >> 16) & 0xffff) as u32);
+                let nsends = (e.aux >> 32) & 0xffff;
+                out.dir = Some(if (e.aux & 0xffff) < nsends {
+                    "send"
+                } else {
+                    "recv"
+                });
+            }
+            kind::CHAN_MAKE => out.capacity = Some(e.aux),
+            kind::RLOCK_WAIT if e.object != 0 => {
+                out.object = hex(e.object.wrapping_sub(RWMUTEX_READER_SEM));
+            }
+            _ => {}
+        }
+        let (line, pc) = self.locate(&pcs);
+        if let Some(line) = line {
+            out.function = line.function;
+            out.file = line.file;
+            out.line = line.line;
+        }
+        out.pc = hex(pc);
+        out
+    }
+}
+
+pub fn hex(addr: u64) -> String {
+    if addr == 0 {
+        String::new()
+    } else {
+        format!("{addr:#x}")
+    }
+}
+
+/// One line of text output.
+pub fn render_text(e: &TraceEvent) -> String {
+    let mut s = format!("{:>15} g{:<6} {:<12}", e.ts_ns, e.goid, e.event);
+    if !e.object.is_empty() {
+        s.push_str(&format!(" {}", e.object));
+    }
+    if let Some(r) = &e.reason {
+        s.push_str(&format!(" [{r}]"));
+    }
+    if let Some(p) = e.peer_goid {
+        s.push_str(&format!(" -> g{p}"));
+    }
+    if let Some(c) = e.child_goid {
+        s.push_str(&format!(" child g{c}"));
+    }
+    if let (Some(c), Some(n), Some(d)) = (e.case, e.ncases, e.dir) {
+        s.push_str(&format!(" case {c}/{n} {d}"));
+    }
+    if let Some(cap) = e.capacity {
+        s.push_str(&format!(" cap {cap}"));
+    }
+    if e.blocking == Some(false) {
+        s.push_str(" (non-blocking)");
+    }
+    if !e.function.is_empty() {
+        s.push_str(&format!("  {} {}:{}", e.function, e.file, e.line));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_frames_are_skipped_for_the_user_site() {
+        assert!(is_runtime_frame("runtime.chanrecv1"));
+        assert!(is_runtime_frame("internal/sync.(*Mutex).lockSlow"));
+        assert!(is_runtime_frame("sync.(*Mutex).Lock"));
+        assert!(!is_runtime_frame("main.worker"));
+        assert!(!is_runtime_frame("net/http.(*conn).serve"));
+    }
+
+    #[test]
+    fn every_kind_has_a_name() {
+        for k in 1..=17u16 {
+            assert_ne!(event_name(k), "unknown", "kind {k}");
+        }
+        assert_eq!(hex(0), "");
+        assert_eq!(hex(0xc000010000), "0xc000010000");
+    }
+}

@@ -1,0 +1,419 @@
+//! Loading parkscope's eBPF object for one target process, attaching and detaching probe groups,
+//! and reading the kernel-side counters and the event ring buffer.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::UProbe;
+use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
+use aya::{Ebpf, EbpfLoader};
+use profiler_common::{Event, GoOffsets, probe_slot};
+
+use crate::error::InspectError;
+use crate::gobin::GoBinary;
+use crate::gobin::probe_points::{self, AttachKindName, ProbeLookup};
+use crate::probes::groups::{AttachAt, PROGRAMS, ProbeGroup, ProgramSpec};
+
+/// The compiled eBPF programs (profiler-ebpf, built by build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// Where one program attaches in one binary.
+#[derive(Clone, Debug)]
+pub struct PlannedProgram {
+    pub spec: ProgramSpec,
+    pub symbol: String,
+    /// File offsets of the attach points.
+    pub file_offsets: Vec<u64>,
+    /// How the entry point was chosen (RET probes report `Entry`: they are single-stepped).
+    pub attach_kind: AttachKindName,
+}
+
+/// Roles of a group absent from this binary (inlined or not linked), for the output.
+#[derive(Clone, Debug)]
+pub struct MissingRole {
+    pub group: ProbeGroup,
+    pub role: &'static str,
+}
+
+/// The attach plan for one binary: pure, computed from the binary's bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub programs: Vec<PlannedProgram>,
+    pub missing: Vec<MissingRole>,
+}
+
+impl Plan {
+    pub fn for_binary(binary: &GoBinary<'_>) -> Plan {
+        let lookups = probe_points::locate_all(&binary.image, &binary.pclntab);
+        let mut plan = Plan::default();
+        for spec in PROGRAMS {
+            let point = lookups.iter().find_map(|l| match l {
+                ProbeLookup::Present(p) if p.role == spec.role => Some(p),
+                _ => None,
+            });
+            let Some(point) = point else {
+                plan.missing.push(MissingRole {
+                    group: spec.group,
+                    role: spec.role,
+                });
+                continue;
+            };
+            let (file_offsets, attach_kind) = match spec.at {
+                AttachAt::Entry => (
+                    vec![point.file_offset + point.attach_offset],
+                    point.attach_kind,
+                ),
+                AttachAt::Rets => (
+                    point
+                        .ret_offsets
+                        .iter()
+                        .map(|r| point.file_offset + r)
+                        .collect(),
+                    AttachKindName::Entry,
+                ),
+            };
+            if file_offsets.is_empty() {
+                plan.missing.push(MissingRole {
+                    group: spec.group,
+                    role: spec.role,
+                });
+                continue;
+            }
+            plan.programs.push(PlannedProgram {
+                spec: *spec,
+                symbol: point.symbol.clone(),
+                file_offsets,
+                attach_kind,
+            });
+        }
+        plan
+    }
+
+    pub fn programs_of(&self, group: ProbeGroup) -> impl Iterator<Item = &PlannedProgram> {
+        self.programs.iter().filter(move |p| p.spec.group == group)
+    }
+}
+
+/// The runtime offsets the programs need, from the binary's DWARF or the per-release table.
+pub fn go_offsets(binary: &GoBinary<'_>, emit: bool) -> Result<GoOffsets, InspectError> {
+    let get = |key: &str| -> Result<u32, InspectError> {
+        binary
+            .offsets
+            .get(key)
+            .map(|f| f.value as u32)
+            .ok_or_else(|| {
+                InspectError::MissingSymbol(format!(
+                    "offset of {key} (not in DWARF nor in the table for Go {})",
+                    binary.offsets.release
+                ))
+            })
+    };
+    Ok(GoOffsets {
+        g_goid: get("g.goid")?,
+        g_m: get("g.m")?,
+        g_parent_goid: get("g.parentGoid")?,
+        g_gopc: get("g.gopc")?,
+        m_curg: get("m.curg")?,
+        hchan_dataqsiz: get("hchan.dataqsiz")?,
+        emit: u32::from(emit),
+        _pad: 0,
+    })
+}
+
+/// Loaded programs and maps, scoped to one process.
+pub struct Probes {
+    ebpf: Ebpf,
+    pid: u32,
+    exe: PathBuf,
+    plan: Plan,
+    attached: BTreeMap<ProbeGroup, Vec<(&'static str, UProbeLinkId)>>,
+    events: RingBuf<MapData>,
+    hits: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+    logger: Option<aya_log::EbpfLogger<TracingLog>>,
+}
+
+impl Probes {
+    /// Load every program (nothing attached yet). `exe` is the path uprobes attach through:
+    /// /proc/PID/exe, which names the very inode the process runs, even in a container.
+    pub fn load(
+        pid: u32,
+        exe: &Path,
+        plan: Plan,
+        offsets: GoOffsets,
+    ) -> Result<Probes, InspectError> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("GO_OFFSETS", &offsets, true)
+            .load(OBJECT)
+            .map_err(|e| bpf_error("loading the eBPF programs", &e))?;
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog).ok();
+        for (name, program) in ebpf.programs_mut() {
+            let uprobe: &mut UProbe = program
+                .try_into()
+                .map_err(|e| bpf_error(&format!("program {name}"), &e))?;
+            uprobe
+                .load()
+                .map_err(|e| bpf_error(&format!("loading program {name}"), &e))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| {
+                InspectError::io(
+                    "the eBPF object",
+                    std::io::Error::other(format!("map {name} missing")),
+                )
+            })
+        };
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+            .map_err(|e| bpf_error("map EVENTS", &e))?;
+        let hits = PerCpuArray::try_from(take(&mut ebpf, "PROBE_HITS")?)
+            .map_err(|e| bpf_error("map PROBE_HITS", &e))?;
+        let drops = PerCpuArray::try_from(take(&mut ebpf, "EVENT_DROPS")?)
+            .map_err(|e| bpf_error("map EVENT_DROPS", &e))?;
+        Ok(Probes {
+            ebpf,
+            pid,
+            exe: exe.to_path_buf(),
+            plan,
+            attached: BTreeMap::new(),
+            events,
+            hits,
+            drops,
+            logger,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn is_attached(&self, group: ProbeGroup) -> bool {
+        self.attached.contains_key(&group)
+    }
+
+    pub fn attached_groups(&self) -> Vec<ProbeGroup> {
+        self.attached.keys().copied().collect()
+    }
+
+    /// Attach every program of `group`; returns how many attach points. On failure, the
+    /// group's programs attached so far are detached again.
+    pub fn attach_group(&mut self, group: ProbeGroup) -> Result<usize, InspectError> {
+        if self.attached.contains_key(&group) {
+            return Ok(0);
+        }
+        let pid = NonZeroU32::new(self.pid).ok_or(InspectError::ProcessGone { pid: 0 })?;
+        let planned: Vec<PlannedProgram> = self.plan.programs_of(group).cloned().collect();
+        let exe = self.exe.clone();
+        let mut links = Vec::new();
+        let mut points = 0;
+        for p in &planned {
+            let result = self.uprobe(p.spec.program).and_then(|prog| {
+                prog.attach(
+                    p.file_offsets.iter().copied(),
+                    &exe,
+                    UProbeScope::OneProcess(pid),
+                )
+                .map_err(|e| bpf_error(&format!("attaching to {}", p.symbol), &e))
+            });
+            match result {
+                Ok(link) => {
+                    links.push((p.spec.program, link));
+                    points += p.file_offsets.len();
+                }
+                Err(err) => {
+                    self.detach_links(links);
+                    if !std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+                        return Err(InspectError::ProcessGone { pid: self.pid });
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        self.attached.insert(group, links);
+        Ok(points)
+    }
+
+    pub fn detach_group(&mut self, group: ProbeGroup) {
+        if let Some(links) = self.attached.remove(&group) {
+            self.detach_links(links);
+        }
+    }
+
+    pub fn detach_all(&mut self) {
+        let groups: Vec<ProbeGroup> = self.attached.keys().copied().collect();
+        for g in groups {
+            self.detach_group(g);
+        }
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (program, link) in links {
+            match self.uprobe(program) {
+                Ok(prog) => {
+                    if let Err(e) = prog.detach(link) {
+                        tracing::warn!("detaching {program}: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("detaching {program}: {e}"),
+            }
+        }
+    }
+
+    fn uprobe(&mut self, name: &str) -> Result<&mut UProbe, InspectError> {
+        let program = self.ebpf.program_mut(name).ok_or_else(|| {
+            InspectError::io(
+                "the eBPF object",
+                std::io::Error::other(format!("program {name} missing")),
+            )
+        })?;
+        program
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| bpf_error(name, &e))
+    }
+
+    /// Measure the per-hit floor of a uprobe on this machine (see `calibrate`).
+    pub fn calibrate(&mut self) -> crate::probes::calibrate::HitCost {
+        match self.uprobe("empty") {
+            Ok(program) => crate::probes::calibrate::measure_hit_cost(program),
+            Err(_) => crate::probes::calibrate::HitCost::default(),
+        }
+    }
+
+    /// Hits per probe slot, summed over CPUs.
+    pub fn hits(&self) -> Vec<u64> {
+        (0..probe_slot::COUNT)
+            .map(|i| {
+                self.hits
+                    .get(&i, 0)
+                    .map(|v| v.iter().sum::<u64>())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Events the kernel side could not queue (ring buffer full).
+    pub fn drops(&self) -> u64 {
+        self.drops
+            .get(&0, 0)
+            .map(|v| v.iter().sum::<u64>())
+            .unwrap_or(0)
+    }
+
+    /// Move every queued event into `out`.
+    pub fn drain(&mut self, out: &mut Vec<Event>) {
+        while let Some(item) = self.events.next() {
+            if let Some(event) = event_from_bytes(&item) {
+                out.push(event);
+            }
+        }
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+    }
+
+    /// Cumulative (run count, run time ns) of a program, when BPF run-time stats are enabled.
+    pub fn program_stats(&self, program: &str) -> Option<(u64, u64)> {
+        let info = self.ebpf.program(program)?.info().ok()?;
+        Some((info.run_count(), info.run_time().as_nanos() as u64))
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+/// One ring-buffer record → Event (None when the size does not match).
+pub fn event_from_bytes(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is plain old data (repr(C), integers only) and the slice is long enough.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// aya-log records from the eBPF side → the `tracing` log.
+pub struct TracingLog;
+
+impl log::Log for TracingLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        let msg = record.args().to_string();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "parkscope::ebpf", "{msg}"),
+            log::Level::Warn => tracing::warn!(target: "parkscope::ebpf", "{msg}"),
+            log::Level::Info => tracing::info!(target: "parkscope::ebpf", "{msg}"),
+            log::Level::Debug => tracing::debug!(target: "parkscope::ebpf", "{msg}"),
+            log::Level::Trace => tracing::trace!(target: "parkscope::ebpf", "{msg}"),
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// An aya error → InspectError: EPERM/EACCES anywhere in the chain means missing privileges.
+pub fn bpf_error(context: &str, err: &(dyn std::error::Error + 'static)) -> InspectError {
+    let mut chain = Some(err);
+    let mut text = String::new();
+    while let Some(e) = chain {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&e.to_string());
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return permission(context);
+        }
+        chain = e.source();
+    }
+    if text.contains("Operation not permitted") || text.contains("Permission denied") {
+        return permission(context);
+    }
+    InspectError::io(context.to_string(), std::io::Error::other(text))
+}
+
+fn permission(context: &str) -> InspectError {
+    InspectError::PermissionDenied(format!(
+        "{context}: eBPF uprobes need root, or CAP_BPF and CAP_PERFMON (and CAP_SYS_PTRACE to \
+         read the target)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_records_round_trip() {
+        let event = Event {
+            ts_ns: 7,
+            goid: 42,
+            kind: 3,
+            ..Event::default()
+        };
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const Event).cast::<u8>(),
+                std::mem::size_of::<Event>(),
+            )
+        };
+        assert_eq!(event_from_bytes(bytes), Some(event));
+        assert_eq!(event_from_bytes(&bytes[..10]), None);
+        assert_eq!(std::mem::size_of::<Event>(), 88);
+    }
+
+    #[test]
+    fn permission_errors_are_recognised() {
+        let e = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert!(matches!(
+            bpf_error("x", &e),
+            InspectError::PermissionDenied(_)
+        ));
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert!(matches!(bpf_error("x", &e), InspectError::Io { .. }));
+    }
+}

@@ -1,0 +1,423 @@
+//! One `trace` session: attach the chosen groups to one process, drain the ring buffer on a
+//! timer, run the overhead governor, and detach everything when the time is up, on
+//! SIGINT/SIGTERM, or when the target exits — saying which.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use profiler_common::Event;
+use serde::Serialize;
+
+use crate::error::InspectError;
+use crate::gobin::GoBinary;
+use crate::probes::calibrate::HitCost;
+use crate::probes::decode::{Decoder, TraceEvent};
+use crate::probes::governor::{Action, Governor, GovernorConfig, GroupLoad};
+use crate::probes::groups::ProbeGroup;
+use crate::probes::loader::{self, Plan, Probes};
+use crate::remote::{maps, process};
+
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    pub pid: u32,
+    pub groups: Vec<ProbeGroup>,
+    pub duration: Option<Duration>,
+    /// CPU budget for the probes, fraction of one core.
+    pub budget: f64,
+    /// First back-off after the governor detaches a group.
+    pub backoff: Duration,
+    /// How often the ring buffer is drained.
+    pub drain_every: Duration,
+    /// How often the governor looks at the rates.
+    pub govern_every: Duration,
+    /// Measure the per-hit floor at startup (else design.md's numbers).
+    pub calibrate: bool,
+}
+
+impl TraceOptions {
+    pub fn new(pid: u32, groups: Vec<ProbeGroup>) -> Self {
+        TraceOptions {
+            pid,
+            groups,
+            duration: None,
+            budget: GovernorConfig::default().budget,
+            backoff: GovernorConfig::default().backoff,
+            drain_every: Duration::from_millis(50),
+            govern_every: Duration::from_millis(250),
+            calibrate: true,
+        }
+    }
+}
+
+/// Why the session ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Duration,
+    Signal(String),
+    TargetExited,
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::Duration => f.write_str("the requested duration elapsed"),
+            EndReason::Signal(s) => write!(f, "{s} received"),
+            EndReason::TargetExited => f.write_str("the target process exited"),
+        }
+    }
+}
+
+/// Something the session tells the user besides events.
+#[derive(Clone, Debug, Serialize)]
+pub struct Notice {
+    pub ts_ns: u64,
+    /// "attached", "missing", "calibration", "governor", "detached", "drops".
+    pub notice: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+pub enum Output<'a> {
+    Event(&'a TraceEvent),
+    Notice(&'a Notice),
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupStats {
+    pub hits: u64,
+    pub detached_by_governor: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub pid: u32,
+    pub end: EndReason,
+    pub elapsed_s: f64,
+    pub events: u64,
+    pub drops: u64,
+    pub hit_cost: HitCost,
+    pub groups: BTreeMap<ProbeGroup, GroupStats>,
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain syscall filling a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// True while the process exists and is not a zombie.
+pub fn target_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // "pid (comm) S ...": the state follows the last ')'.
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Load bias of the target's executable (0 for non-PIE).
+fn load_bias(pid: u32, binary: &GoBinary<'_>) -> Result<u64, InspectError> {
+    if !binary.image.is_pie() {
+        return Ok(0);
+    }
+    let exe = process::exe_path(pid)?;
+    let inode = std::fs::metadata(&exe)
+        .map_err(|e| process::proc_error(pid, "the executable", e))?
+        .ino();
+    let first_vaddr = binary
+        .image
+        .segments()
+        .iter()
+        .map(|s| s.vaddr)
+        .min()
+        .unwrap_or(0);
+    maps::load_bias(&maps::read_maps(pid)?, inode, first_vaddr)
+        .ok_or(InspectError::ProcessGone { pid })
+}
+
+/// Per-program counters from the previous governor tick.
+struct Meter {
+    last_hits: Vec<u64>,
+    last_stats: BTreeMap<&'static str, (u64, u64)>,
+    /// Recent ns per run of each program (BPF run-time stats), when available.
+    run_ns: BTreeMap<&'static str, f64>,
+    last_at: Instant,
+    attached_at: BTreeMap<ProbeGroup, Instant>,
+}
+
+/// Run a session. `sink` receives events and notices as they come.
+pub fn run(
+    opts: &TraceOptions,
+    mut sink: impl FnMut(Output<'_>),
+) -> Result<Summary, InspectError> {
+    let pid = opts.pid;
+    let exe_bytes = process::read_exe(pid)?;
+    let binary = GoBinary::parse(&exe_bytes)?;
+    let bias = load_bias(pid, &binary)?;
+    let exe_path = process::exe_path(pid)?;
+    let plan = Plan::for_binary(&binary);
+    let offsets = loader::go_offsets(&binary, true)?;
+    let mut probes = Probes::load(pid, &exe_path, plan, offsets)?;
+    let decoder = Decoder::new(&binary, bias);
+
+    let notice = |notice: &'static str, message: String, action: Option<Action>| Notice {
+        ts_ns: monotonic_ns(),
+        notice,
+        message,
+        action,
+    };
+
+    // BPF run-time stats price each program's own work; the fd keeps them on.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    let hit_cost = if opts.calibrate {
+        probes.calibrate()
+    } else {
+        HitCost::default()
+    };
+    sink(Output::Notice(&notice(
+        "calibration",
+        format!(
+            "uprobe floor on this machine ({}): {:.0} ns per hit on an emulated push, {:.0} ns \
+             single-stepped",
+            hit_cost.source, hit_cost.emulated_ns, hit_cost.stepped_ns
+        ),
+        None,
+    )));
+
+    for m in &probes.plan().missing {
+        if opts.groups.contains(&m.group) {
+            sink(Output::Notice(&notice(
+                "missing",
+                format!(
+                    "group {}: {} not probed ({})",
+                    m.group,
+                    m.role,
+                    crate::gobin::probe_points::ABSENT_NOTE
+                ),
+                None,
+            )));
+        }
+    }
+
+    let mut meter = Meter {
+        last_hits: probes.hits(),
+        last_stats: BTreeMap::new(),
+        run_ns: BTreeMap::new(),
+        last_at: Instant::now(),
+        attached_at: BTreeMap::new(),
+    };
+    let mut points = 0;
+    for &group in &opts.groups {
+        points += probes.attach_group(group)?;
+        meter.attached_at.insert(group, Instant::now());
+    }
+    let names: Vec<&str> = opts.groups.iter().map(|g| g.name()).collect();
+    sink(Output::Notice(&notice(
+        "attached",
+        format!(
+            "attached {} ({points} uprobes) to pid {pid}, budget {:.2}% of a core",
+            names.join(","),
+            opts.budget * 100.0
+        ),
+        None,
+    )));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()
+        .map_err(|e| InspectError::io("starting the tokio runtime", e))?;
+
+    let mut governor = Governor::new(GovernorConfig {
+        budget: opts.budget,
+        backoff: opts.backoff,
+        ..GovernorConfig::default()
+    });
+    let mut stats: BTreeMap<ProbeGroup, GroupStats> = opts
+        .groups
+        .iter()
+        .map(|g| (*g, GroupStats::default()))
+        .collect();
+    let started = Instant::now();
+    let mut events_total = 0u64;
+    let mut raw = Vec::new();
+    let mut last_drops = 0u64;
+
+    let end = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigint = signal(SignalKind::interrupt())
+            .map_err(|e| InspectError::io("installing the SIGINT handler", e))?;
+        let mut sigterm = signal(SignalKind::terminate())
+            .map_err(|e| InspectError::io("installing the SIGTERM handler", e))?;
+        let mut drain = tokio::time::interval(opts.drain_every);
+        let mut govern = tokio::time::interval(opts.govern_every);
+        govern.tick().await;
+        let deadline = async {
+            match opts.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut flush = |probes: &mut Probes, raw: &mut Vec<Event>, sink: &mut dyn FnMut(Output<'_>)| {
+            raw.clear();
+            probes.drain(raw);
+            raw.sort_by_key(|e| e.ts_ns);
+            for e in raw.iter() {
+                let decoded = decoder.decode(e);
+                sink(Output::Event(&decoded));
+            }
+            events_total += raw.len() as u64;
+        };
+        let result = 'session: loop {
+            tokio::select! {
+                _ = drain.tick() => {
+                    flush(&mut probes, &mut raw, &mut sink);
+                    if !target_alive(pid) {
+                        break Ok::<EndReason, InspectError>(EndReason::TargetExited);
+                    }
+                }
+                _ = govern.tick() => {
+                    let drops = probes.drops();
+                    if drops > last_drops {
+                        sink(Output::Notice(&notice(
+                            "drops",
+                            format!("{} events lost: the ring buffer was full", drops - last_drops),
+                            None,
+                        )));
+                        last_drops = drops;
+                    }
+                    let loads = measure(&probes, &mut meter, &hit_cost, &mut stats);
+                    for action in governor.tick(Instant::now(), &loads) {
+                        match &action {
+                            Action::Detach { group, hits_per_s, cost, budget, backoff_s } => {
+                                probes.detach_group(*group);
+                                meter.attached_at.remove(group);
+                                if let Some(s) = stats.get_mut(group) {
+                                    s.detached_by_governor += 1;
+                                }
+                                sink(Output::Notice(&notice(
+                                    "governor",
+                                    format!(
+                                        "detached group {group}: {hits_per_s:.0} hits/s cost \
+                                         ~{:.2}% of a core, over the {:.2}% budget; \
+                                         re-attaching in {backoff_s:.0}s",
+                                        cost * 100.0,
+                                        budget * 100.0
+                                    ),
+                                    Some(action.clone()),
+                                )));
+                            }
+                            Action::Reattach { group } => {
+                                match probes.attach_group(*group) {
+                                    Ok(_) => {
+                                        meter.attached_at.insert(*group, Instant::now());
+                                        sink(Output::Notice(&notice(
+                                            "governor",
+                                            format!("re-attached group {group} after back-off"),
+                                            Some(action.clone()),
+                                        )));
+                                    }
+                                    Err(InspectError::ProcessGone { .. }) => {}
+                                    Err(e) => break 'session Err(e),
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = sigint.recv() => break Ok(EndReason::Signal("SIGINT".into())),
+                _ = sigterm.recv() => break Ok(EndReason::Signal("SIGTERM".into())),
+                _ = &mut deadline => break Ok(EndReason::Duration),
+            }
+        };
+        // Detach first, then take what the programs queued before they went.
+        probes.detach_all();
+        flush(&mut probes, &mut raw, &mut sink);
+        result
+    })?;
+
+    let final_hits = probes.hits();
+    for (group, s) in stats.iter_mut() {
+        s.hits = probes
+            .plan()
+            .programs_of(*group)
+            .map(|p| final_hits[p.spec.slot as usize])
+            .sum();
+    }
+    let drops = probes.drops();
+    sink(Output::Notice(&notice(
+        "detached",
+        format!("detached all probes from pid {pid}: {end}"),
+        None,
+    )));
+    Ok(Summary {
+        pid,
+        end,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        events: events_total,
+        drops,
+        hit_cost,
+        groups: stats,
+    })
+}
+
+/// Loads of the attached groups since the last tick: hits/s × (uprobe floor for the attach
+/// point + the program's own measured run time).
+fn measure(
+    probes: &Probes,
+    meter: &mut Meter,
+    cost: &HitCost,
+    _stats: &mut BTreeMap<ProbeGroup, GroupStats>,
+) -> Vec<GroupLoad> {
+    let now = Instant::now();
+    let hits = probes.hits();
+    let window = now.duration_since(meter.last_at);
+    let mut loads = Vec::new();
+    for group in probes.attached_groups() {
+        // A group attached mid-window has only been counting since then.
+        let since = meter
+            .attached_at
+            .get(&group)
+            .map_or(window, |t| now.duration_since(*t).min(window));
+        let secs = since.as_secs_f64().max(1e-3);
+        let mut group_hits = 0.0;
+        let mut group_cost = 0.0;
+        for p in probes.plan().programs_of(group) {
+            let slot = p.spec.slot as usize;
+            let delta = hits[slot].saturating_sub(meter.last_hits[slot]) as f64;
+            if let Some((runs, ns)) = probes.program_stats(p.spec.program) {
+                let (last_runs, last_ns) = meter
+                    .last_stats
+                    .insert(p.spec.program, (runs, ns))
+                    .unwrap_or((runs, ns));
+                if runs > last_runs {
+                    let per_run = (ns - last_ns) as f64 / (runs - last_runs) as f64;
+                    meter.run_ns.insert(p.spec.program, per_run);
+                }
+            }
+            let run_ns = meter.run_ns.get(p.spec.program).copied().unwrap_or(0.0);
+            let per_hit = cost.for_kind(p.attach_kind) + run_ns;
+            group_hits += delta / secs;
+            group_cost += delta / secs * per_hit;
+        }
+        loads.push(GroupLoad {
+            group,
+            hits_per_s: group_hits,
+            cost_ns_per_s: group_cost,
+        });
+    }
+    meter.last_hits = hits;
+    meter.last_at = now;
+    loads
+}
