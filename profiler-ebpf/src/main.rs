@@ -167,7 +167,9 @@ mod programs {
     /// runtime.gopark(unlockf RAX, lock RBX, reason CL, traceReason DIL, traceskip RSI).
     #[uprobe]
     pub fn gopark(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::GOPARK) else { return 0 };
+        let Some(off) = enter(slot::GOPARK) else {
+            return 0;
+        };
         let r = regs(&ctx);
         let goid = goid_of(r.r14, &off);
         let (lock, reason, unlockf) = (r.rbx, r.rcx as u8, r.rax);
@@ -186,11 +188,17 @@ mod programs {
     /// g0.m.curg (0 when the scheduler itself readies gp, e.g. from netpoll or timers).
     #[uprobe]
     pub fn ready(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::READY) else { return 0 };
+        let Some(off) = enter(slot::READY) else {
+            return 0;
+        };
         let r = regs(&ctx);
         let woken = goid_of(r.rax, &off);
         let m = read_u64(r.r14 + off.g_m as u64);
-        let curg = if m == 0 { 0 } else { read_u64(m + off.m_curg as u64) };
+        let curg = if m == 0 {
+            0
+        } else {
+            read_u64(m + off.m_curg as u64)
+        };
         let waker = goid_of(curg, &off);
         emit(&ctx, slot::READY, kind::WAKE, |e| {
             e.goid = waker;
@@ -204,7 +212,9 @@ mod programs {
     /// gopc). R14 is g0 here, so the parent comes from newg.parentGoid.
     #[uprobe]
     pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::NEWPROC1_RET) else { return 0 };
+        let Some(off) = enter(slot::NEWPROC1_RET) else {
+            return 0;
+        };
         let newg = regs(&ctx).rax;
         if newg == 0 {
             return 0;
@@ -232,7 +242,11 @@ mod programs {
     #[uprobe]
     pub fn chansend(ctx: ProbeContext) -> u32 {
         let r = regs(&ctx);
-        let flags = if r.rcx as u8 != 0 { event_flag::BLOCKING } else { 0 };
+        let flags = if r.rcx as u8 != 0 {
+            event_flag::BLOCKING
+        } else {
+            0
+        };
         simple(&ctx, slot::CHANSEND, kind::CHAN_SEND, r.rax, flags)
     }
 
@@ -240,7 +254,11 @@ mod programs {
     #[uprobe]
     pub fn chanrecv(ctx: ProbeContext) -> u32 {
         let r = regs(&ctx);
-        let flags = if r.rcx as u8 != 0 { event_flag::BLOCKING } else { 0 };
+        let flags = if r.rcx as u8 != 0 {
+            event_flag::BLOCKING
+        } else {
+            0
+        };
         simple(&ctx, slot::CHANRECV, kind::CHAN_RECV, r.rax, flags)
     }
 
@@ -248,12 +266,18 @@ mod programs {
     /// one event per case; cas0 is [nsends+nrecvs]scase{c, elem}, sends first.
     #[uprobe]
     pub fn selectgo(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::SELECTGO) else { return 0 };
+        let Some(off) = enter(slot::SELECTGO) else {
+            return 0;
+        };
         let r = regs(&ctx);
         let goid = goid_of(r.r14, &off);
         let (cas0, nsends, nrecvs) = (r.rax, r.rdi, r.rsi);
         let ncases = nsends.wrapping_add(nrecvs);
-        let blocking = if r.r8 as u8 != 0 { event_flag::BLOCKING } else { 0 };
+        let blocking = if r.r8 as u8 != 0 {
+            event_flag::BLOCKING
+        } else {
+            0
+        };
         let mut event = base_event(&ctx, slot::SELECTGO, kind::SELECT);
         event.goid = goid;
         event.flags = blocking;
@@ -283,7 +307,9 @@ mod programs {
     /// At each RET of runtime.makechan: RAX = the new hchan; its capacity is hchan.dataqsiz.
     #[uprobe]
     pub fn makechan_ret(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::MAKECHAN_RET) else { return 0 };
+        let Some(off) = enter(slot::MAKECHAN_RET) else {
+            return 0;
+        };
         let r = regs(&ctx);
         let c = r.rax;
         let goid = goid_of(r.r14, &off);
@@ -299,7 +325,9 @@ mod programs {
     /// runtime.semacquire1(addr RAX, lifo BL, profile CL, skipframes RDI, reason SIL).
     #[uprobe]
     pub fn semacquire1(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::SEMACQUIRE1) else { return 0 };
+        let Some(off) = enter(slot::SEMACQUIRE1) else {
+            return 0;
+        };
         let r = regs(&ctx);
         let goid = goid_of(r.r14, &off);
         emit(&ctx, slot::SEMACQUIRE1, kind::SEM_ACQUIRE, |e| {
@@ -314,7 +342,11 @@ mod programs {
     #[uprobe]
     pub fn semrelease1(ctx: ProbeContext) -> u32 {
         let r = regs(&ctx);
-        let flags = if r.rbx as u8 != 0 { event_flag::HANDOFF } else { 0 };
+        let flags = if r.rbx as u8 != 0 {
+            event_flag::HANDOFF
+        } else {
+            0
+        };
         simple(&ctx, slot::SEMRELEASE1, kind::SEM_RELEASE, r.rax, flags)
     }
 

@@ -16,4 +16,3 @@ fn main() {
     };
     std::process::exit(code);
 }
-

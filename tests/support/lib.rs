@@ -192,6 +192,8 @@ pub struct DumpGoroutine {
     pub state: String,
     /// Function names, innermost first, without arguments.
     pub functions: Vec<String>,
+    /// (function, file, line) of each frame, innermost first.
+    pub frames: Vec<(String, String, u32)>,
     pub created_by: Option<String>,
     pub created_in: Option<i64>,
 }
@@ -210,13 +212,25 @@ pub fn parse_goroutine_dump(text: &str) -> Vec<DumpGoroutine> {
                 goid: id.parse().unwrap_or(-1),
                 state: state.to_string(),
                 functions: Vec::new(),
+                frames: Vec::new(),
                 created_by: None,
                 created_in: None,
             });
             continue;
         }
         let Some(current) = out.last_mut() else { continue };
-        if line.is_empty() || line.starts_with('\t') || line.starts_with("...") {
+        if let Some(position) = line.strip_prefix('\t') {
+            // "\t/src/main.go:20 +0x3d" belongs to the frame above it.
+            let position = position.split(" +0x").next().unwrap_or(position);
+            if let Some((file, line_no)) = position.rsplit_once(':')
+                && current.frames.len() < current.functions.len()
+            {
+                let function = current.functions[current.frames.len()].clone();
+                current.frames.push((function, file.to_string(), line_no.trim().parse().unwrap_or(0)));
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with("...") {
             continue;
         }
         if let Some(rest) = line.strip_prefix("created by ") {
@@ -249,6 +263,7 @@ mod tests {
         assert_eq!(gs.len(), 2);
         assert_eq!(gs[0].state, "chan receive");
         assert_eq!(gs[1].functions, vec!["main.(*svc).fetch"]);
+        assert_eq!(gs[1].frames, vec![("main.(*svc).fetch".to_string(), "/src/main.go".to_string(), 20)]);
         assert_eq!(gs[1].created_by.as_deref(), Some("main.(*svc).handle"));
         assert_eq!(gs[1].created_in, Some(5));
     }

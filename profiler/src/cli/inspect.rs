@@ -138,7 +138,10 @@ fn print_text(r: &Report<'_>) {
     println!("  stripped       {}", yes_no(r.build.stripped));
     println!("  DWARF          {}", yes_no(r.build.dwarf));
     println!("  trimpath       {}", yes_no(r.build.trimpath));
-    println!("  text start     {}  ({} functions)", r.text_start, r.functions);
+    println!(
+        "  text start     {}  ({} functions)",
+        r.text_start, r.functions
+    );
     println!();
     println!("Probe points (entry, file offset, attach point, RETs):");
     for probe in &r.probes {
@@ -154,7 +157,11 @@ fn print_text(r: &Report<'_>) {
                 p.ret_offsets
             ),
             ProbeLookup::Absent { role, symbols, .. } => {
-                println!("  {:<22} absent ({}): inlined or not linked", role, symbols.join(" | "))
+                println!(
+                    "  {:<22} absent ({}): inlined or not linked",
+                    role,
+                    symbols.join(" | ")
+                )
             }
         }
     }

@@ -85,14 +85,13 @@ pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
         }
         let result = match item {
             Output::Event(e) => {
-                let r = if json {
+                if json {
                     serde_json::to_writer(&mut out, e)
                         .map_err(std::io::Error::other)
                         .and_then(|_| out.write_all(b"\n"))
                 } else {
                     writeln!(out, "{}", render_text(e))
-                };
-                r
+                }
             }
             Output::Notice(n) => {
                 eprintln!("parkscope: {}", n.message);

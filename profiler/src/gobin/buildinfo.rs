@@ -215,7 +215,12 @@ mod tests {
             let image = ElfImage::parse(&data).unwrap();
             let info = read(&image).unwrap();
             // GOEXPERIMENTs are appended: "go1.26.8-X:goroutineleakprofile".
-            assert!(info.go_version.starts_with(&bin.go), "{}: {}", bin.path.display(), info.go_version);
+            assert!(
+                info.go_version.starts_with(&bin.go),
+                "{}: {}",
+                bin.path.display(),
+                info.go_version
+            );
             assert_eq!(info.goarch(), Some("amd64"));
             assert_eq!(
                 info.buildmode() == Some("pie"),
@@ -223,7 +228,12 @@ mod tests {
                 "{}",
                 bin.path.display()
             );
-            assert_eq!(info.cgo_enabled(), bin.variant == "cgo", "{}", bin.path.display());
+            assert_eq!(
+                info.cgo_enabled(),
+                bin.variant == "cgo",
+                "{}",
+                bin.path.display()
+            );
         }
     }
 }

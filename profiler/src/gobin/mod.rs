@@ -67,12 +67,11 @@ impl<'data> GoBinary<'data> {
 }
 
 fn check_version(build: &BuildInfo) -> Result<GoVersion, InspectError> {
-    let version = GoVersion::parse(&build.go_version).ok_or_else(|| {
-        InspectError::UnsupportedGoVersion {
+    let version =
+        GoVersion::parse(&build.go_version).ok_or_else(|| InspectError::UnsupportedGoVersion {
             version: build.go_version.clone(),
             why: "the version string is not one parkscope understands".into(),
-        }
-    })?;
+        })?;
     let (major, minor) = version::OLDEST_SUPPORTED;
     if !version.at_least(major, minor) {
         return Err(InspectError::UnsupportedGoVersion {

@@ -2,34 +2,85 @@
 //! table, text, data and bss are). Later stages use its data/bss bounds as GC roots and its
 //! `text` as the base of every function-table offset.
 //!
-//! Field offsets (amd64), read from the DWARF of `runtime.moduledata` built by each toolchain:
+//! Field offsets (amd64), read from the DWARF of `runtime.moduledata` built by each toolchain
+//! (1.18, 1.19, 1.20, 1.21, 1.22, 1.23, 1.24, 1.25, 1.26, 1.27):
 //!
-//! | field                                   | 1.18–1.19 | 1.20–1.26 |
-//! |-----------------------------------------|-----------|-----------|
-//! | pcHeader, funcnametab, cutab, filetab   | 0, 8, 32, 56 | same   |
-//! | pctab, pclntable, ftab, findfunctab     | 80, 104, 128, 152 | same |
-//! | minpc, maxpc, text, etext               | 160 … 184 | same      |
-//! | noptrdata … enoptrbss (8 words)         | 192 … 248 | same      |
-//! | covctrs, ecovctrs                       | —         | 256, 264  |
-//! | end, gcdata, gcbss                      | 256, 264, 272 | 272, 280, 288 |
-//! | types, etypes, rodata, gofunc           | 280 … 304 | 296 … 320 |
+//! | field                                   | 1.18–1.19     | 1.20–1.26     | 1.27          |
+//! |-----------------------------------------|---------------|---------------|---------------|
+//! | pcHeader, funcnametab, cutab, filetab   | 0, 8, 32, 56  | same          | same          |
+//! | pctab, pclntable, ftab, findfunctab     | 80, 104, 128, 152 | same      | same          |
+//! | minpc, maxpc, text, etext               | 160 … 184     | same          | same          |
+//! | noptrdata … enoptrbss (8 words)         | 192 … 248     | same          | same          |
+//! | covctrs, ecovctrs                       | —             | 256, 264      | 256, 264      |
+//! | end, gcdata, gcbss                      | 256, 264, 272 | 272, 280, 288 | 272, 280, 288 |
+//! | types                                   | 280           | 296           | 296           |
+//! | etypes                                  | 288           | 304           | 312 (after typedesclen) |
+//! | rodata, gofunc                          | 296, 304      | 312, 320      | 336, 344 (after itaboffset, itabsize) |
 //!
-//! Everything after `gofunc` moves between releases (1.23 moved `bad`, 1.26 added `epclntab`)
-//! and is not read here. The two layouts coincide with the two pcHeader magics (0xfffffff0 for
-//! 1.18–1.19, 0xfffffff1 for 1.20+), so the layout is chosen from the pcHeader the moduledata
-//! points to rather than from a separately parsed Go version.
+//! Later fields move in nearly every release (1.23 moved `bad`, 1.26 added `epclntab`) and are
+//! not read. The magic of the pcHeader tells 1.18–1.19 from 1.20+; 1.27 kept the 1.20 magic, so
+//! 1.20–1.26 and 1.27+ are told apart by validating the tail: `end == enoptrbss`,
+//! `types <= etypes`, and gcdata, gcbss, types, rodata and gofunc all point at file bytes. Each
+//! layout fails that on the other's struct (a 1.27 `etypes` read at 304 is a length; a 1.26
+//! `gofunc` read at 344 is a slice length of 1). [`ModuleData::find_for_version`] skips the
+//! guessing when the Go version is known.
 //!
 //! All addresses are link-time addresses. In a PIE the pointer words are relocated at load time;
 //! they are read through [`ElfImage::read_word`], which returns the RELATIVE relocation's addend.
 
 use crate::gobin::elf::ElfImage;
 use crate::gobin::pclntab::{MAGIC_GO118, MAGIC_GO120, PcHeader};
+use crate::gobin::version::GoVersion;
+
+/// Which `runtime.moduledata` layout a binary uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModuleLayout {
+    /// Go 1.18–1.19: no coverage counters.
+    Go118,
+    /// Go 1.20–1.26.
+    Go120,
+    /// Go 1.27+: `typedesclen`, `itaboffset`, `itabsize` added before rodata and gofunc.
+    Go127,
+}
+
+impl ModuleLayout {
+    /// The layout a release uses; None before 1.18, which parkscope cannot read.
+    pub fn for_version(go: &GoVersion) -> Option<ModuleLayout> {
+        if go.at_least(1, 27) {
+            Some(ModuleLayout::Go127)
+        } else if go.at_least(1, 20) {
+            Some(ModuleLayout::Go120)
+        } else if go.at_least(1, 18) {
+            Some(ModuleLayout::Go118)
+        } else {
+            None
+        }
+    }
+
+    /// Layouts that go with a pcHeader magic, newest first.
+    fn for_magic(magic: u32) -> &'static [ModuleLayout] {
+        match magic {
+            MAGIC_GO118 => &[ModuleLayout::Go118],
+            MAGIC_GO120 => &[ModuleLayout::Go127, ModuleLayout::Go120],
+            _ => &[],
+        }
+    }
+
+    fn offsets(self) -> &'static TailOffsets {
+        match self {
+            ModuleLayout::Go118 => &TAIL_GO118,
+            ModuleLayout::Go120 => &TAIL_GO120,
+            ModuleLayout::Go127 => &TAIL_GO127,
+        }
+    }
+}
 
 /// The parts of `runtime.moduledata` that parkscope uses, as link-time addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModuleData {
     /// Address of the moduledata itself.
     pub addr: u64,
+    pub layout: ModuleLayout,
     pub pcheader: u64,
     pub funcnametab: u64,
     pub cutab: u64,
@@ -37,9 +88,10 @@ pub struct ModuleData {
     pub pctab: u64,
     pub pclntable: u64,
     pub ftab: u64,
-    /// Number of `functab` entries (nfunc + 1: the last one holds etext's offset).
+    /// Number of `functab` entries (nfunc + 1: the last one holds the end of the last function).
     pub ftab_len: u64,
     pub findfunctab: u64,
+    /// First and last-plus-one pc covered by the function table (minpc == text).
     pub minpc: u64,
     pub maxpc: u64,
     pub text: u64,
@@ -64,7 +116,7 @@ pub struct ModuleData {
 }
 
 /// Where the version-dependent tail of the struct sits.
-struct Layout {
+struct TailOffsets {
     end: u64,
     gcdata: u64,
     gcbss: u64,
@@ -74,7 +126,7 @@ struct Layout {
     gofunc: u64,
 }
 
-const LAYOUT_GO118: Layout = Layout {
+const TAIL_GO118: TailOffsets = TailOffsets {
     end: 256,
     gcdata: 264,
     gcbss: 272,
@@ -84,7 +136,7 @@ const LAYOUT_GO118: Layout = Layout {
     gofunc: 304,
 };
 
-const LAYOUT_GO120: Layout = Layout {
+const TAIL_GO120: TailOffsets = TailOffsets {
     end: 272,
     gcdata: 280,
     gcbss: 288,
@@ -93,6 +145,23 @@ const LAYOUT_GO120: Layout = Layout {
     rodata: 312,
     gofunc: 320,
 };
+
+const TAIL_GO127: TailOffsets = TailOffsets {
+    end: 272,
+    gcdata: 280,
+    gcbss: 288,
+    types: 296,
+    etypes: 312,
+    rodata: 336,
+    gofunc: 344,
+};
+
+/// The pcHeader a moduledata must point to, and the layouts to try.
+struct Header<'a> {
+    addr: u64,
+    pc: PcHeader,
+    layouts: &'a [ModuleLayout],
+}
 
 /// Bound on candidate addresses tried, so a binary full of words equal to the pcHeader address
 /// cannot make discovery slow.
@@ -104,9 +173,37 @@ impl ModuleData {
     /// Tries, in order: the `runtime.firstmoduledata` symbol, the `.go.module` section (Go 1.26+),
     /// pointer words equal to `pcheader_addr` (RELATIVE relocations for PIE, then file words in
     /// the non-executable segments). Every candidate is validated against the pcHeader.
+    /// The layout is recognised by validation (see the module docs).
     pub fn find(image: &ElfImage<'_>, pcheader_addr: u64) -> Option<ModuleData> {
+        Self::find_with(image, pcheader_addr, None)
+    }
+
+    /// Like [`ModuleData::find`], reading the layout of release `go` (a release newer than any
+    /// known one is read like the newest).
+    pub fn find_for_version(
+        image: &ElfImage<'_>,
+        pcheader_addr: u64,
+        go: &GoVersion,
+    ) -> Option<ModuleData> {
+        Self::find_with(image, pcheader_addr, Some(ModuleLayout::for_version(go)?))
+    }
+
+    fn find_with(
+        image: &ElfImage<'_>,
+        pcheader_addr: u64,
+        layout: Option<ModuleLayout>,
+    ) -> Option<ModuleData> {
         let header = PcHeader::parse(image.bytes_at(pcheader_addr, PcHeader::SIZE)?).ok()?;
-        let try_at = |addr: u64| Self::read_at(image, addr, pcheader_addr, &header);
+        let layouts: &[ModuleLayout] = match layout {
+            Some(layout) => &[layout][..],
+            None => ModuleLayout::for_magic(header.magic),
+        };
+        let header = Header {
+            addr: pcheader_addr,
+            pc: header,
+            layouts,
+        };
+        let try_at = |addr: u64| Self::read_at(image, addr, &header);
 
         if image.has_symtab()
             && let Some(sym) = image
@@ -122,16 +219,13 @@ impl ModuleData {
         {
             return Some(md);
         }
-        Self::find_by_pointer(image, pcheader_addr, &header)
+        Self::find_by_pointer(image, &header)
     }
 
     /// Discovery without symbols or sections: a word holding the pcHeader address (a RELATIVE
     /// relocation's addend in a PIE, the file's bytes otherwise) that starts a valid moduledata.
-    fn find_by_pointer(
-        image: &ElfImage<'_>,
-        pcheader_addr: u64,
-        header: &PcHeader,
-    ) -> Option<ModuleData> {
+    fn find_by_pointer(image: &ElfImage<'_>, header: &Header<'_>) -> Option<ModuleData> {
+        let pcheader_addr = header.addr;
         let mut candidates: Vec<u64> = image.relocated_words_equal_to(pcheader_addr).collect();
         candidates.sort_unstable();
         let needle = pcheader_addr.to_le_bytes();
@@ -161,72 +255,76 @@ impl ModuleData {
         candidates
             .into_iter()
             .take(MAX_CANDIDATES)
-            .find_map(|addr| Self::read_at(image, addr, pcheader_addr, header))
+            .find_map(|addr| Self::read_at(image, addr, header))
     }
 
-    /// Reads and validates a moduledata candidate at `addr`: its table pointers must agree with
-    /// the pcHeader's offsets and its address ranges must be ordered.
-    fn read_at(
-        image: &ElfImage<'_>,
-        addr: u64,
-        pcheader_addr: u64,
-        header: &PcHeader,
-    ) -> Option<ModuleData> {
-        let layout = match header.magic {
-            MAGIC_GO118 => &LAYOUT_GO118,
-            MAGIC_GO120 => &LAYOUT_GO120,
-            _ => return None,
-        };
+    /// Reads and validates a moduledata candidate at `addr` in the first of `header.layouts`
+    /// that fits: its table pointers must agree with the pcHeader's offsets, its address ranges
+    /// must be ordered, and its layout-dependent tail must make sense.
+    fn read_at(image: &ElfImage<'_>, addr: u64, header: &Header<'_>) -> Option<ModuleData> {
         let word = |off: u64| image.read_word(addr.checked_add(off)?);
-        let md = ModuleData {
-            addr,
-            pcheader: word(0)?,
-            funcnametab: word(8)?,
-            cutab: word(32)?,
-            filetab: word(56)?,
-            pctab: word(80)?,
-            pclntable: word(104)?,
-            ftab: word(128)?,
-            ftab_len: word(136)?,
-            findfunctab: word(152)?,
-            minpc: word(160)?,
-            maxpc: word(168)?,
-            text: word(176)?,
-            etext: word(184)?,
-            noptrdata: word(192)?,
-            enoptrdata: word(200)?,
-            data: word(208)?,
-            edata: word(216)?,
-            bss: word(224)?,
-            ebss: word(232)?,
-            noptrbss: word(240)?,
-            enoptrbss: word(248)?,
-            end: word(layout.end)?,
-            gcdata: word(layout.gcdata)?,
-            gcbss: word(layout.gcbss)?,
-            types: word(layout.types)?,
-            etypes: word(layout.etypes)?,
-            rodata: word(layout.rodata)?,
-            gofunc: word(layout.gofunc)?,
-        };
-        let at = |off: u64| pcheader_addr.checked_add(off);
-        let consistent = md.pcheader == pcheader_addr
-            && Some(md.funcnametab) == at(header.funcname_offset)
-            && Some(md.cutab) == at(header.cu_offset)
-            && Some(md.filetab) == at(header.filetab_offset)
-            && Some(md.pctab) == at(header.pctab_offset)
-            && Some(md.pclntable) == at(header.pcln_offset)
-            && md.ftab == md.pclntable
-            && Some(md.ftab_len) == header.nfunc.checked_add(1)
-            && md.text != 0
-            && md.text < md.etext
-            && md.minpc <= md.maxpc
-            && md.noptrdata <= md.enoptrdata
-            && md.data <= md.edata
-            && md.bss <= md.ebss
-            && md.noptrbss <= md.enoptrbss
-            && md.types <= md.etypes;
-        consistent.then_some(md)
+        let pc = &header.pc;
+        let at = |off: u64| header.addr.checked_add(off);
+        let fixed_ok = word(0)? == header.addr
+            && Some(word(8)?) == at(pc.funcname_offset)
+            && Some(word(32)?) == at(pc.cu_offset)
+            && Some(word(56)?) == at(pc.filetab_offset)
+            && Some(word(80)?) == at(pc.pctab_offset)
+            && Some(word(104)?) == at(pc.pcln_offset)
+            && word(128)? == word(104)?
+            && Some(word(136)?) == pc.nfunc.checked_add(1);
+        if !fixed_ok {
+            return None;
+        }
+        header.layouts.iter().find_map(|&layout| {
+            let tail = layout.offsets();
+            let md = ModuleData {
+                addr,
+                layout,
+                pcheader: word(0)?,
+                funcnametab: word(8)?,
+                cutab: word(32)?,
+                filetab: word(56)?,
+                pctab: word(80)?,
+                pclntable: word(104)?,
+                ftab: word(128)?,
+                ftab_len: word(136)?,
+                findfunctab: word(152)?,
+                minpc: word(160)?,
+                maxpc: word(168)?,
+                text: word(176)?,
+                etext: word(184)?,
+                noptrdata: word(192)?,
+                enoptrdata: word(200)?,
+                data: word(208)?,
+                edata: word(216)?,
+                bss: word(224)?,
+                ebss: word(232)?,
+                noptrbss: word(240)?,
+                enoptrbss: word(248)?,
+                end: word(tail.end)?,
+                gcdata: word(tail.gcdata)?,
+                gcbss: word(tail.gcbss)?,
+                types: word(tail.types)?,
+                etypes: word(tail.etypes)?,
+                rodata: word(tail.rodata)?,
+                gofunc: word(tail.gofunc)?,
+            };
+            let in_file = |vaddr: u64| vaddr != 0 && image.bytes_at(vaddr, 1).is_some();
+            let ok = md.text != 0
+                && md.text < md.etext
+                && md.minpc <= md.maxpc
+                && md.noptrdata <= md.enoptrdata
+                && md.data <= md.edata
+                && md.bss <= md.ebss
+                && md.noptrbss <= md.enoptrbss
+                && md.end == md.enoptrbss
+                && md.types <= md.etypes
+                && [md.gcdata, md.gcbss, md.types, md.rodata, md.gofunc]
+                    .into_iter()
+                    .all(in_file);
+            ok.then_some(md)
+        })
     }
 
     /// Whether `addr` lies in one of the module's pointer-bearing or pointer-free data ranges
@@ -265,6 +363,16 @@ mod tests {
             let md = ModuleData::find(&image, tab.pcheader_addr())
                 .unwrap_or_else(|| panic!("{}: no moduledata", bin.path.display()));
             let ctx = format!("{} ({} {})", bin.path.display(), bin.go, bin.variant);
+
+            // The layout recognised by validation is the release's, and asking by version
+            // finds the same struct.
+            let go = GoVersion::parse(&bin.go).expect("manifest go version");
+            assert_eq!(Some(md.layout), ModuleLayout::for_version(&go), "{ctx}");
+            assert_eq!(
+                ModuleData::find_for_version(&image, tab.pcheader_addr(), &go),
+                Some(md),
+                "{ctx}"
+            );
 
             assert_eq!(md.text, tab.text_start(), "{ctx}");
             // The ftab's end sentinel is the end of the last function; etext may be aligned up.
@@ -335,9 +443,14 @@ mod tests {
             }
             let tab = crate::gobin::pclntab::Pclntab::find(&image).unwrap();
             let addr = tab.pcheader_addr();
-            let header = PcHeader::parse(image.bytes_at(addr, PcHeader::SIZE).unwrap()).unwrap();
+            let pc = PcHeader::parse(image.bytes_at(addr, PcHeader::SIZE).unwrap()).unwrap();
+            let header = Header {
+                addr,
+                pc,
+                layouts: ModuleLayout::for_magic(pc.magic),
+            };
             let by_symbol = ModuleData::find(&image, addr).unwrap();
-            let by_pointer = ModuleData::find_by_pointer(&image, addr, &header);
+            let by_pointer = ModuleData::find_by_pointer(&image, &header);
             assert_eq!(by_pointer, Some(by_symbol), "{}", bin.path.display());
         }
     }

@@ -38,6 +38,7 @@ use std::sync::OnceLock;
 use crate::error::InspectError;
 use crate::gobin::elf::ElfImage;
 use crate::gobin::moduledata::ModuleData;
+use crate::gobin::version::GoVersion;
 
 /// pcHeader magic of Go 1.18 and 1.19.
 pub const MAGIC_GO118: u32 = 0xffff_fff0;
@@ -165,7 +166,9 @@ pub struct FuncInfo {
     pub name: String,
     /// Link-time entry address.
     pub entry: u64,
-    /// The next function's entry, or etext for the last one.
+    /// The next function's entry (so alignment padding belongs to the function before it, as
+    /// in the runtime's findfunc), or for the last function the end of its code (the ftab's end
+    /// sentinel, `moduledata.maxpc`; `etext` may be a few bytes further, aligned up).
     pub end: u64,
     /// Offset of the `_func` record in pclntable.
     func_off: u32,
@@ -229,8 +232,21 @@ impl<'data> Pclntab<'data> {
     /// from `runtime.firstmoduledata` (see [`ModuleData::find`]), falling back to the
     /// `runtime.text` symbol, then the header's (relocated) textStart, then the `.text` section.
     pub fn find(image: &ElfImage<'data>) -> Result<Self, InspectError> {
+        Self::find_with(image, None)
+    }
+
+    /// Like [`Pclntab::find`], reading `runtime.moduledata` in the layout of release `go`
+    /// instead of recognising it.
+    pub fn find_for_version(image: &ElfImage<'data>, go: &GoVersion) -> Result<Self, InspectError> {
+        Self::find_with(image, Some(go))
+    }
+
+    fn find_with(image: &ElfImage<'data>, go: Option<&GoVersion>) -> Result<Self, InspectError> {
         let (addr, data) = locate(image)?;
-        let moduledata = ModuleData::find(image, addr);
+        let moduledata = match go {
+            Some(go) => ModuleData::find_for_version(image, addr, go),
+            None => ModuleData::find(image, addr),
+        };
         let text_start = match moduledata {
             Some(md) => md.text,
             None => text_start_without_moduledata(image, addr)
@@ -367,7 +383,8 @@ impl<'data> Pclntab<'data> {
         self.text_start
     }
 
-    /// End of the text covered by the table (`runtime.etext`).
+    /// End of the text covered by the table: the end of the last function (`moduledata.maxpc`,
+    /// at most `runtime.etext`).
     pub fn text_end(&self) -> u64 {
         let last = self.ftab_entry(self.nfunc).map_or(0, |(e, _)| e);
         self.text_start + u64::from(last) // checked in validate_ftab
@@ -1393,7 +1410,6 @@ mod tests {
         use std::process::{Command, Stdio};
 
         use super::super::*;
-        use crate::gobin::version::GoVersion;
         use crate::testbins::{self, TestBinary};
 
         struct Loaded {

@@ -16,19 +16,67 @@ pub struct ProbeSpec {
 }
 
 pub const PROBES: &[ProbeSpec] = &[
-    ProbeSpec { role: "gopark", group: "park", symbols: &["runtime.gopark"] },
+    ProbeSpec {
+        role: "gopark",
+        group: "park",
+        symbols: &["runtime.gopark"],
+    },
     // goready is inlined from 1.21; ready is what both paths reach.
-    ProbeSpec { role: "ready", group: "park", symbols: &["runtime.ready"] },
-    ProbeSpec { role: "goready", group: "park", symbols: &["runtime.goready"] },
-    ProbeSpec { role: "newproc1", group: "lifecycle", symbols: &["runtime.newproc1"] },
-    ProbeSpec { role: "goexit1", group: "lifecycle", symbols: &["runtime.goexit1"] },
-    ProbeSpec { role: "chansend", group: "channels", symbols: &["runtime.chansend"] },
-    ProbeSpec { role: "chanrecv", group: "channels", symbols: &["runtime.chanrecv"] },
-    ProbeSpec { role: "selectgo", group: "channels", symbols: &["runtime.selectgo"] },
-    ProbeSpec { role: "closechan", group: "channels", symbols: &["runtime.closechan"] },
-    ProbeSpec { role: "makechan", group: "channels", symbols: &["runtime.makechan"] },
-    ProbeSpec { role: "semacquire1", group: "locks", symbols: &["runtime.semacquire1"] },
-    ProbeSpec { role: "semrelease1", group: "locks", symbols: &["runtime.semrelease1"] },
+    ProbeSpec {
+        role: "ready",
+        group: "park",
+        symbols: &["runtime.ready"],
+    },
+    ProbeSpec {
+        role: "goready",
+        group: "park",
+        symbols: &["runtime.goready"],
+    },
+    ProbeSpec {
+        role: "newproc1",
+        group: "lifecycle",
+        symbols: &["runtime.newproc1"],
+    },
+    ProbeSpec {
+        role: "goexit1",
+        group: "lifecycle",
+        symbols: &["runtime.goexit1"],
+    },
+    ProbeSpec {
+        role: "chansend",
+        group: "channels",
+        symbols: &["runtime.chansend"],
+    },
+    ProbeSpec {
+        role: "chanrecv",
+        group: "channels",
+        symbols: &["runtime.chanrecv"],
+    },
+    ProbeSpec {
+        role: "selectgo",
+        group: "channels",
+        symbols: &["runtime.selectgo"],
+    },
+    ProbeSpec {
+        role: "closechan",
+        group: "channels",
+        symbols: &["runtime.closechan"],
+    },
+    ProbeSpec {
+        role: "makechan",
+        group: "channels",
+        symbols: &["runtime.makechan"],
+    },
+    ProbeSpec {
+        role: "semacquire1",
+        group: "locks",
+        symbols: &["runtime.semacquire1"],
+    },
+    ProbeSpec {
+        role: "semrelease1",
+        group: "locks",
+        symbols: &["runtime.semrelease1"],
+    },
     ProbeSpec {
         role: "mutex_lock_slow",
         group: "locks",
@@ -37,23 +85,47 @@ pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec {
         role: "mutex_unlock_slow",
         group: "locks",
-        symbols: &["internal/sync.(*Mutex).unlockSlow", "sync.(*Mutex).unlockSlow"],
+        symbols: &[
+            "internal/sync.(*Mutex).unlockSlow",
+            "sync.(*Mutex).unlockSlow",
+        ],
     },
-    ProbeSpec { role: "rwmutex_lock", group: "locks", symbols: &["sync.(*RWMutex).Lock"] },
-    ProbeSpec { role: "rwmutex_unlock", group: "locks", symbols: &["sync.(*RWMutex).Unlock"] },
+    ProbeSpec {
+        role: "rwmutex_lock",
+        group: "locks",
+        symbols: &["sync.(*RWMutex).Lock"],
+    },
+    ProbeSpec {
+        role: "rwmutex_unlock",
+        group: "locks",
+        symbols: &["sync.(*RWMutex).Unlock"],
+    },
     ProbeSpec {
         role: "rwmutex_rlock_slow",
         group: "locks",
         symbols: &["sync.runtime_SemacquireRWMutexR"],
     },
-    ProbeSpec { role: "rwmutex_runlock_slow", group: "locks", symbols: &["sync.(*RWMutex).rUnlockSlow"] },
-    ProbeSpec { role: "cond_wait", group: "locks", symbols: &["sync.runtime_notifyListWait"] },
-    ProbeSpec { role: "waitgroup_wait", group: "locks", symbols: &["sync.(*WaitGroup).Wait"] },
+    ProbeSpec {
+        role: "rwmutex_runlock_slow",
+        group: "locks",
+        symbols: &["sync.(*RWMutex).rUnlockSlow"],
+    },
+    ProbeSpec {
+        role: "cond_wait",
+        group: "locks",
+        symbols: &["sync.runtime_notifyListWait"],
+    },
+    ProbeSpec {
+        role: "waitgroup_wait",
+        group: "locks",
+        symbols: &["sync.(*WaitGroup).Wait"],
+    },
 ];
 
 /// A role with no function in this build: inlined everywhere, renamed, or unused by the program
 /// (the linker drops unreachable functions, e.g. the RWMutex paths of a program without RWMutex).
-pub const ABSENT_NOTE: &str = "not in the function table: inlined at every call site or not linked into this program";
+pub const ABSENT_NOTE: &str =
+    "not in the function table: inlined at every call site or not linked into this program";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbePoint {
@@ -119,7 +191,10 @@ pub fn locate(image: &ElfImage<'_>, pclntab: &Pclntab<'_>, spec: &ProbeSpec) -> 
 }
 
 pub fn locate_all(image: &ElfImage<'_>, pclntab: &Pclntab<'_>) -> Vec<ProbeLookup> {
-    PROBES.iter().map(|spec| locate(image, pclntab, spec)).collect()
+    PROBES
+        .iter()
+        .map(|spec| locate(image, pclntab, spec))
+        .collect()
 }
 
 fn describe(image: &ElfImage<'_>, spec: &ProbeSpec, func: &FuncInfo) -> Option<ProbePoint> {

@@ -163,6 +163,9 @@ mod tests {
     fn frameless_function_probes_its_entry() {
         let code = [0x48, 0x89, 0xc3, 0xc3]; // mov rbx,rax ; ret
         let facts = analyze(&code, 0);
-        assert_eq!((facts.attach_offset, facts.attach_kind), (0, AttachKind::Entry));
+        assert_eq!(
+            (facts.attach_offset, facts.attach_kind),
+            (0, AttachKind::Entry)
+        );
     }
 }

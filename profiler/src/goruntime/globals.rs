@@ -108,8 +108,13 @@ fn semtable_in(instructions: &[Instruction]) -> Option<u64> {
     let imul = instructions.iter().position(|i| {
         i.mnemonic() == Mnemonic::Imul
             && (0..i.op_count()).any(|n| {
-                matches!(i.op_kind(n), OpKind::Immediate8to32 | OpKind::Immediate32 | OpKind::Immediate8to64 | OpKind::Immediate32to64)
-                    && i.immediate(n) == SEMTABLE_SIZE
+                matches!(
+                    i.op_kind(n),
+                    OpKind::Immediate8to32
+                        | OpKind::Immediate32
+                        | OpKind::Immediate8to64
+                        | OpKind::Immediate32to64
+                ) && i.immediate(n) == SEMTABLE_SIZE
             })
     })?;
     instructions[imul..]
@@ -147,8 +152,10 @@ mod tests {
                 _ => continue,
             };
             let twin = testbins::find(&bin.fixture, &bin.release, twin_variant).unwrap();
-            let (stripped_bytes, plain_bytes) =
-                (std::fs::read(&bin.path).unwrap(), std::fs::read(&twin.path).unwrap());
+            let (stripped_bytes, plain_bytes) = (
+                std::fs::read(&bin.path).unwrap(),
+                std::fs::read(&twin.path).unwrap(),
+            );
             let stripped = GoBinary::parse(&stripped_bytes).unwrap();
             let plain = GoBinary::parse(&plain_bytes).unwrap();
             let from_code = find(&stripped).unwrap();
@@ -165,8 +172,12 @@ mod tests {
             );
             assert!(from_symbols.semtable.is_some(), "{ctx}");
             assert_eq!(
-                from_code.semtable.and_then(|a| section_relative(&stripped, a)),
-                from_symbols.semtable.and_then(|a| section_relative(&plain, a)),
+                from_code
+                    .semtable
+                    .and_then(|a| section_relative(&stripped, a)),
+                from_symbols
+                    .semtable
+                    .and_then(|a| section_relative(&plain, a)),
                 "{ctx}"
             );
         }

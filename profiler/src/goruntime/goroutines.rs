@@ -66,7 +66,10 @@ pub fn decode_g(layout: &GLayout, addr: u64, record: &[u8]) -> Option<RawG> {
         waiting: layout.waiting.read(record)?,
         gopc: layout.gopc.read(record)?,
         startpc: layout.startpc.read(record)?,
-        parent_goid: layout.parent_goid.and_then(|f| f.read(record)).map(|v| v as i64),
+        parent_goid: layout
+            .parent_goid
+            .and_then(|f| f.read(record))
+            .map(|v| v as i64),
         tracking_seq: layout.tracking_seq.and_then(|f| f.read(record)),
     };
     plausible(&g).then_some(g)
@@ -245,12 +248,19 @@ mod tests {
     #[test]
     fn reads_the_allgs_slice() {
         let mut mem = RecordedMemory::new();
-        mem.write_u64(0x500, 0x9000).write_u64(0x508, 2).write_u64(0x510, 4);
-        mem.add(0x9000, [0xa000u64.to_le_bytes(), 0xb000u64.to_le_bytes()].concat());
+        mem.write_u64(0x500, 0x9000)
+            .write_u64(0x508, 2)
+            .write_u64(0x510, 4);
+        mem.add(
+            0x9000,
+            [0xa000u64.to_le_bytes(), 0xb000u64.to_le_bytes()].concat(),
+        );
         assert_eq!(read_allgs(&mem, 0x500).unwrap(), vec![0xa000, 0xb000]);
         // len > cap is a torn header: never trusted.
         let mut torn = RecordedMemory::new();
-        torn.write_u64(0x500, 0x9000).write_u64(0x508, 9).write_u64(0x510, 4);
+        torn.write_u64(0x500, 0x9000)
+            .write_u64(0x508, 9)
+            .write_u64(0x510, 4);
         assert!(read_allgs(&torn, 0x500).is_err());
     }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
+use crate::goruntime::globals::SEMTABLE_SIZE;
 use crate::goruntime::goroutines::{RawSudog, read_sudog};
 use crate::goruntime::layout::{HchanLayout, SemaRootLayout, SudogLayout};
-use crate::goruntime::globals::SEMTABLE_SIZE;
 use crate::model::{ChanState, ObjectKind, Op};
 use crate::remote::memory::Memory;
 
@@ -119,7 +119,11 @@ fn record_waiters(
 /// wraps internal/sync.Mutex at offset 0 since 1.24): Mutex{state int32; sema uint32},
 /// RWMutex{w Mutex; writerSem; readerSem; …}, WaitGroup{noCopy; state uint64; sema uint32},
 /// Cond{noCopy; L Locker; notify notifyList; …}.
-pub fn classify_sync_wait(reason: &str, stack_functions: &[&str], sema: u64) -> Option<(ObjectKind, u64, Op)> {
+pub fn classify_sync_wait(
+    reason: &str,
+    stack_functions: &[&str],
+    sema: u64,
+) -> Option<(ObjectKind, u64, Op)> {
     let in_stack = |name: &str| stack_functions.iter().any(|f| *f == name);
     match reason {
         // RWMutex.Lock first takes its embedded writer Mutex, which sits at the RWMutex's
@@ -177,7 +181,11 @@ mod tests {
             Some((ObjectKind::RwMutex, 0xc000010000, Op::RLock))
         );
         assert_eq!(
-            classify_sync_wait("semacquire", &["runtime.semacquire1", "sync.(*WaitGroup).Wait"], 0x1008),
+            classify_sync_wait(
+                "semacquire",
+                &["runtime.semacquire1", "sync.(*WaitGroup).Wait"],
+                0x1008
+            ),
             Some((ObjectKind::WaitGroup, 0x1000, Op::Wait))
         );
         assert_eq!(

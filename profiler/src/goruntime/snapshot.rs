@@ -17,7 +17,7 @@ use crate::remote::memory::{MemError, Memory, ProcessMemory};
 use crate::remote::process;
 
 /// How often a goroutine that changes under the reader is re-read before it is left out.
-const CONFIRM_ATTEMPTS: usize = 3;
+const CONFIRM_ATTEMPTS: usize = 5;
 
 /// Everything needed to read one process, prepared once.
 pub struct Target<'data> {
@@ -28,6 +28,8 @@ pub struct Target<'data> {
     /// Run-time address − link-time address (0 for non-PIE).
     pub load_bias: u64,
     pub executable: String,
+    /// `abi.FuncIDWrapper` of this binary: frames Go's tracebacks hide.
+    pub wrapper_func_id: Option<u8>,
 }
 
 impl<'data> Target<'data> {
@@ -47,13 +49,14 @@ impl<'data> Target<'data> {
             .min()
             .unwrap_or(0);
         let load_bias = if binary.image.is_pie() {
-            maps::load_bias(&maps::read_maps(pid)?, inode, first_vaddr).ok_or_else(|| {
-                InspectError::ProcessGone { pid }
-            })?
+            maps::load_bias(&maps::read_maps(pid)?, inode, first_vaddr)
+                .ok_or_else(|| InspectError::ProcessGone { pid })?
         } else {
             0
         };
+        let wrapper_func_id = stack::wrapper_func_id(&binary.pclntab);
         Ok(Target {
+            wrapper_func_id,
             pid,
             binary,
             layout,
@@ -120,6 +123,12 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
             let described = describe(target, mem, &current, &sema_of_g, now_mono);
             // Confirm the goroutine did not move while we followed its pointers.
             match goroutines::reread_g(mem, &layout.g, current.addr) {
+                // A goroutine that is not parked changes all the time: what matters is that the
+                // record still belongs to the same goroutine (g records are reused).
+                Some(again) if !current.status.is_parked() && again.goid == current.goid => {
+                    accepted = Some(described);
+                    break;
+                }
                 Some(again) if again.park_key() == current.park_key() => {
                     accepted = Some(described);
                     break;
@@ -143,7 +152,17 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
                 goroutines_out.push(g);
             }
             None if current.status == Status::Dead => {}
-            None => skipped_unstable += 1,
+            None => {
+                // It kept moving (a busy goroutine parks and wakes thousands of times a second):
+                // report what one whole record says, without the stack and objects we could not
+                // confirm.
+                skipped_unstable += 1;
+                let (mut g, _, _) = describe(target, mem, &current, &sema_of_g, now_mono);
+                g.stack.clear();
+                g.blocked_on.clear();
+                g.unstable = true;
+                goroutines_out.push(g);
+            }
         }
     }
     unreadable.clear();
@@ -234,7 +253,7 @@ fn describe(
     let stack = if on_cpu {
         Vec::new()
     } else {
-        stack::symbolize(pclntab, bias, &stack::unwind(mem, g))
+        stack::symbolize(pclntab, bias, target.wrapper_func_id, &stack::unwind(mem, g))
     };
 
     let mut blocked_on = Vec::new();
@@ -262,7 +281,8 @@ fn describe(
                 .or_else(|| sema_of_g.get(&g.addr).copied());
             let functions: Vec<&str> = stack.iter().map(|f| f.function.as_str()).collect();
             if let Some(sema) = sema
-                && let Some((kind, addr, op)) = objects::classify_sync_wait(reason, &functions, sema)
+                && let Some((kind, addr, op)) =
+                    objects::classify_sync_wait(reason, &functions, sema)
             {
                 blocked_on.push(BlockedOn { kind, addr, op });
                 sync_wait = Some((kind, addr, sema));
@@ -289,6 +309,7 @@ fn describe(
         blocked_on,
         g_addr: g.addr,
         on_cpu,
+        unstable: false,
     };
     (goroutine, chan_waits, sync_wait)
 }
@@ -339,7 +360,10 @@ mod tests {
     #[test]
     fn formats_utc_timestamps() {
         assert_eq!(format_rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339(1_795_475_655, 42), "2026-11-23T23:14:15.042Z");
+        assert_eq!(
+            format_rfc3339(1_795_475_655, 42),
+            "2026-11-23T23:14:15.042Z"
+        );
         assert_eq!(format_rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000Z");
     }
 }

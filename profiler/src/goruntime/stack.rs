@@ -17,7 +17,9 @@ pub fn unwind(mem: &dyn Memory, g: &RawG) -> Vec<u64> {
     let mut pcs = vec![g.sched_pc];
     let lo = g.sched_sp.max(g.stack_lo);
     let window_end = g.stack_hi.min(lo.saturating_add(STACK_READ_LIMIT));
-    let window = mem.read_vec(lo, (window_end.saturating_sub(lo)) as usize).ok();
+    let window = mem
+        .read_vec(lo, (window_end.saturating_sub(lo)) as usize)
+        .ok();
     let word = |addr: u64| -> Option<u64> {
         if let Some(w) = &window
             && addr >= lo
@@ -50,11 +52,33 @@ pub fn unwind(mem: &dyn Memory, g: &RawG) -> Vec<u64> {
 
 /// Turn run-time PCs into frames. The first PC is where the goroutine stopped; the rest are
 /// return addresses, looked up at `pc - 1` so they name the call instruction's line.
-pub fn symbolize(pclntab: &Pclntab<'_>, load_bias: u64, pcs: &[u64]) -> Vec<Frame> {
+///
+/// Compiler-generated wrappers (the closure a `go f(x)` statement compiles to, method value
+/// wrappers) are left out, as Go's own tracebacks leave them out: `wrapper_func_id` is the
+/// binary's `abi.FuncIDWrapper` (see [`wrapper_func_id`]).
+pub fn symbolize(
+    pclntab: &Pclntab<'_>,
+    load_bias: u64,
+    wrapper_func_id: Option<u8>,
+    pcs: &[u64],
+) -> Vec<Frame> {
     let mut frames = Vec::new();
     for (i, &pc) in pcs.iter().enumerate() {
         let lookup = pc.wrapping_sub(load_bias).wrapping_sub(u64::from(i > 0));
-        let lines = pclntab.frames(lookup);
+        let mut lines = pclntab.frames(lookup);
+        // A wrapper's own frame is hidden, but what was inlined into it is real user code (a
+        // `go f(x)` wrapper often has f inlined).
+        let is_wrapper = wrapper_func_id.is_some()
+            && i > 0
+            && pclntab
+                .func_for_pc(lookup)
+                .is_some_and(|func| pclntab.func_id(&func) == wrapper_func_id);
+        if is_wrapper {
+            lines.pop();
+            if lines.is_empty() {
+                continue;
+            }
+        }
         if lines.is_empty() {
             frames.push(Frame {
                 function: format!("?{pc:#x}"),
@@ -72,14 +96,26 @@ pub fn symbolize(pclntab: &Pclntab<'_>, load_bias: u64, pcs: &[u64]) -> Vec<Fram
                 file: line.file,
                 line: line.line,
                 pc,
-                inlined: depth < outermost,
+                // The last line of a wrapper's frame was inlined into the (hidden) wrapper.
+                inlined: depth < outermost || is_wrapper,
             });
         }
-        if frames.last().is_some_and(|f| f.function == "runtime.goexit") {
+        if frames
+            .last()
+            .is_some_and(|f| f.function == "runtime.goexit")
+        {
             break;
         }
     }
     frames
+}
+
+/// `abi.FuncIDWrapper` is the last value of the runtime's FuncID enum, and every Go program has
+/// wrappers (type equality functions, method wrappers), so it is the largest funcID in the
+/// table. Its number changes between releases as special functions are added; this finds it
+/// without a per-release table.
+pub fn wrapper_func_id(pclntab: &Pclntab<'_>) -> Option<u8> {
+    pclntab.functions().filter_map(|f| pclntab.func_id(&f)).max().filter(|&id| id > 0)
 }
 
 /// The function, file and line of one PC (a function entry, or `gopc - 1` for "created by").

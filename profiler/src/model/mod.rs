@@ -183,6 +183,9 @@ pub struct Goroutine {
     pub g_addr: u64,
     /// Running on a CPU at the instant of the read: its saved stack is stale and not shown.
     pub on_cpu: bool,
+    /// It kept changing while we read it: status and wait reason come from one whole record,
+    /// stack and objects are left out rather than guessed.
+    pub unstable: bool,
 }
 
 /// Edges of the wait-for graph. Derivable from goroutines and objects; kept explicit so outputs
@@ -205,7 +208,10 @@ pub enum Edge {
         object: u64,
         wakee: i64,
     },
-    CreatedBy { goid: i64, parent: i64 },
+    CreatedBy {
+        goid: i64,
+        parent: i64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -218,7 +224,7 @@ pub struct Snapshot {
     pub goroutines: Vec<Goroutine>,
     pub objects: Vec<Object>,
     pub edges: Vec<Edge>,
-    /// Goroutines that kept changing under the reader and were left out (never half-read).
+    /// Goroutines that kept changing under the reader: reported without stack and objects.
     pub skipped_unstable: usize,
 }
 

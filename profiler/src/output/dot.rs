@@ -13,7 +13,10 @@ fn escape(text: &str) -> String {
 pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph waitfor {{");
-    let _ = writeln!(out, "  rankdir=LR;\n  node [fontname=\"monospace\", fontsize=10];");
+    let _ = writeln!(
+        out,
+        "  rankdir=LR;\n  node [fontname=\"monospace\", fontsize=10];"
+    );
     let _ = writeln!(
         out,
         "  label=\"pid {} {} — {} goroutines\";",
@@ -32,7 +35,14 @@ pub fn render(snapshot: &Snapshot) -> String {
             .stack
             .iter()
             .find(|f| !f.function.starts_with("runtime.") && !f.function.starts_with("sync."))
-            .map(|f| format!("{}\\n{}:{}", escape(&f.function), escape(short(&f.file)), f.line))
+            .map(|f| {
+                format!(
+                    "{}\\n{}:{}",
+                    escape(&f.function),
+                    escape(short(&f.file)),
+                    f.line
+                )
+            })
             .unwrap_or_default();
         let _ = writeln!(
             out,
@@ -45,11 +55,22 @@ pub fn render(snapshot: &Snapshot) -> String {
             let _ = writeln!(out, "  g{i} -> o{:x} [label=\"{:?}\"];", b.addr, b.op);
         }
     }
-    for o in snapshot.objects.iter().filter(|o| used_objects.contains(&o.addr)) {
+    for o in snapshot
+        .objects
+        .iter()
+        .filter(|o| used_objects.contains(&o.addr))
+    {
         let detail = o
             .chan
             .as_ref()
-            .map(|c| format!("\\ncap {} len {}{}", c.cap, c.len, if c.closed { " closed" } else { "" }))
+            .map(|c| {
+                format!(
+                    "\\ncap {} len {}{}",
+                    c.cap,
+                    c.len,
+                    if c.closed { " closed" } else { "" }
+                )
+            })
             .unwrap_or_default();
         let _ = writeln!(
             out,

@@ -22,13 +22,16 @@ pub fn render(snapshot: &Snapshot) -> String {
     if snapshot.skipped_unstable > 0 {
         let _ = writeln!(
             out,
-            "({} goroutines changed under the reader and were left out)",
+            "({} goroutines kept changing under the reader: shown without stacks)",
             snapshot.skipped_unstable
         );
     }
     for group in &groups {
         let g = group.representative();
-        let state = g.wait_reason.clone().unwrap_or_else(|| g.status.as_str().to_string());
+        let state = g
+            .wait_reason
+            .clone()
+            .unwrap_or_else(|| g.status.as_str().to_string());
         let parked = group
             .longest_parked_ns()
             .map(|ns| format!(", up to {}", human_duration(ns)))
@@ -36,7 +39,11 @@ pub fn render(snapshot: &Snapshot) -> String {
         let mut goids: Vec<i64> = group.members.iter().map(|g| g.goid).collect();
         goids.sort_unstable();
         let shown: Vec<String> = goids.iter().take(8).map(i64::to_string).collect();
-        let more = if goids.len() > 8 { format!(" +{}", goids.len() - 8) } else { String::new() };
+        let more = if goids.len() > 8 {
+            format!(" +{}", goids.len() - 8)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
             "\n{} goroutine{} [{state}{parked}]  goid {}{more}",
@@ -52,7 +59,9 @@ pub fn render(snapshot: &Snapshot) -> String {
                 b.op,
                 b.kind.as_str(),
                 b.addr,
-                object.map(|o| describe_object(o, g.goid)).unwrap_or_default()
+                object
+                    .map(|o| describe_object(o, g.goid))
+                    .unwrap_or_default()
             );
         }
         if g.on_cpu {
@@ -69,7 +78,10 @@ pub fn render(snapshot: &Snapshot) -> String {
             );
         }
         if let Some(created) = &g.created_by {
-            let parent = g.parent_goid.map(|p| format!(" in goroutine {p}")).unwrap_or_default();
+            let parent = g
+                .parent_goid
+                .map(|p| format!(" in goroutine {p}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
                 "  created by {}{parent}\n      {}:{}",
@@ -81,8 +93,16 @@ pub fn render(snapshot: &Snapshot) -> String {
 }
 
 fn list(goids: &[i64], me: i64) -> String {
-    let others: Vec<String> = goids.iter().filter(|&&g| g != me).map(i64::to_string).collect();
-    if others.is_empty() { "none".into() } else { others.join(",") }
+    let others: Vec<String> = goids
+        .iter()
+        .filter(|&&g| g != me)
+        .map(i64::to_string)
+        .collect();
+    if others.is_empty() {
+        "none".into()
+    } else {
+        others.join(",")
+    }
 }
 
 fn describe_object(o: &Object, me: i64) -> String {

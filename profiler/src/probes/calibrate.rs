@@ -106,16 +106,19 @@ fn measure(
 
 /// Measure both floors with `program` (an already-loaded empty uprobe program).
 pub fn measure_hit_cost(program: &mut UProbe) -> HitCost {
-    let emulated = measure(program, "parkscope_calib_push", parkscope_calib_push, 20_000);
+    let emulated = measure(
+        program,
+        "parkscope_calib_push",
+        parkscope_calib_push,
+        20_000,
+    );
     let stepped = measure(program, "parkscope_calib_step", parkscope_calib_step, 5_000);
     match (emulated, stepped) {
-        (Some(emulated_ns), Some(stepped_ns)) if emulated_ns > 0.0 && stepped_ns > 0.0 => {
-            HitCost {
-                emulated_ns,
-                stepped_ns,
-                source: "measured",
-            }
-        }
+        (Some(emulated_ns), Some(stepped_ns)) if emulated_ns > 0.0 && stepped_ns > 0.0 => HitCost {
+            emulated_ns,
+            stepped_ns,
+            source: "measured",
+        },
         _ => HitCost::default(),
     }
 }

@@ -1,6 +1,9 @@
 //! Raw kernel events → what a user reads: the runtime's own wait-reason text, the object's
 //! address, and the first user frame as function file:line (symbolized through pclntab).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use profiler_common::{Event, event_flag, event_kind as kind};
 use serde::Serialize;
 
@@ -90,7 +93,12 @@ pub struct Decoder<'a, 'data> {
     load_bias: u64,
     /// Offset of hchan.lock: a channel park's lock argument minus this is the channel.
     hchan_lock: Option<u64>,
+    /// Source lines per return address: a busy program repeats a few hundred PCs.
+    lines_cache: RefCell<HashMap<u64, Vec<SourceLine>>>,
 }
+
+/// Bound on the symbol cache (distinct PCs), so a long session cannot grow without limit.
+const LINES_CACHE_MAX: usize = 1 << 16;
 
 impl<'a, 'data> Decoder<'a, 'data> {
     pub fn new(binary: &'a GoBinary<'data>, load_bias: u64) -> Self {
@@ -98,6 +106,7 @@ impl<'a, 'data> Decoder<'a, 'data> {
             binary,
             load_bias,
             hchan_lock: binary.offsets.get("hchan.lock").map(|f| f.value),
+            lines_cache: RefCell::new(HashMap::new()),
         }
     }
 
@@ -116,9 +125,19 @@ impl<'a, 'data> Decoder<'a, 'data> {
         if pc == 0 {
             return Vec::new();
         }
-        self.binary
+        if let Some(lines) = self.lines_cache.borrow().get(&pc) {
+            return lines.clone();
+        }
+        let lines = self
+            .binary
             .pclntab
-            .frames(pc.wrapping_sub(self.load_bias).wrapping_sub(1))
+            .frames(pc.wrapping_sub(self.load_bias).wrapping_sub(1));
+        let mut cache = self.lines_cache.borrow_mut();
+        if cache.len() >= LINES_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(pc, lines.clone());
+        lines
     }
 
     /// The first frame that is the user's code; else the innermost frame; else nothing.

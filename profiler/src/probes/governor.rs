@@ -152,7 +152,10 @@ mod tests {
         let mut g = Governor::new(GovernorConfig::default());
         let t = Instant::now();
         // 5k hits/s × 1 µs = 0.5% of a core.
-        assert!(g.tick(t, &[load(ProbeGroup::Park, 5000.0, 1000.0)]).is_empty());
+        assert!(
+            g.tick(t, &[load(ProbeGroup::Park, 5000.0, 1000.0)])
+                .is_empty()
+        );
     }
 
     #[test]
@@ -160,13 +163,18 @@ mod tests {
         let mut g = Governor::new(GovernorConfig::default());
         let t0 = Instant::now();
         let loads = [
-            load(ProbeGroup::Park, 5000.0, 1000.0),       // 0.5%
+            load(ProbeGroup::Park, 5000.0, 1000.0),        // 0.5%
             load(ProbeGroup::Channels, 200_000.0, 1500.0), // 30%
         ];
         let actions = g.tick(t0, &loads);
         assert_eq!(actions.len(), 1);
         match &actions[0] {
-            Action::Detach { group, cost, backoff_s, .. } => {
+            Action::Detach {
+                group,
+                cost,
+                backoff_s,
+                ..
+            } => {
                 assert_eq!(*group, ProbeGroup::Channels);
                 assert!((cost - 0.3).abs() < 1e-9);
                 assert_eq!(*backoff_s, 5.0);
@@ -177,7 +185,12 @@ mod tests {
         // Still backing off.
         assert!(g.tick(t0 + Duration::from_secs(1), &loads[..1]).is_empty());
         let back = g.tick(t0 + Duration::from_secs(5), &loads[..1]);
-        assert_eq!(back, vec![Action::Reattach { group: ProbeGroup::Channels }]);
+        assert_eq!(
+            back,
+            vec![Action::Reattach {
+                group: ProbeGroup::Channels
+            }]
+        );
         // Over budget again: the back-off doubles.
         let again = g.tick(t0 + Duration::from_secs(6), &loads);
         assert!(matches!(again[0], Action::Detach { backoff_s, .. } if backoff_s == 10.0));

@@ -82,14 +82,26 @@ const fn spec(
     at: AttachAt,
     group: ProbeGroup,
 ) -> ProgramSpec {
-    ProgramSpec { program, role, slot, at, group }
+    ProgramSpec {
+        program,
+        role,
+        slot,
+        at,
+        group,
+    }
 }
 
 use AttachAt::{Entry, Rets};
 use ProbeGroup::{Channels, Lifecycle, Locks, Park};
 
 pub const PROGRAMS: &[ProgramSpec] = &[
-    spec("newproc1_ret", "newproc1", slot::NEWPROC1_RET, Rets, Lifecycle),
+    spec(
+        "newproc1_ret",
+        "newproc1",
+        slot::NEWPROC1_RET,
+        Rets,
+        Lifecycle,
+    ),
     spec("goexit1", "goexit1", slot::GOEXIT1, Entry, Lifecycle),
     spec("gopark", "gopark", slot::GOPARK, Entry, Park),
     spec("ready", "ready", slot::READY, Entry, Park),
@@ -97,15 +109,69 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     spec("chanrecv", "chanrecv", slot::CHANRECV, Entry, Channels),
     spec("selectgo", "selectgo", slot::SELECTGO, Entry, Channels),
     spec("closechan", "closechan", slot::CLOSECHAN, Entry, Channels),
-    spec("makechan_ret", "makechan", slot::MAKECHAN_RET, Rets, Channels),
-    spec("semacquire1", "semacquire1", slot::SEMACQUIRE1, Entry, Locks),
-    spec("semrelease1", "semrelease1", slot::SEMRELEASE1, Entry, Locks),
-    spec("mutex_lock_slow", "mutex_lock_slow", slot::MUTEX_LOCK_SLOW, Entry, Locks),
-    spec("mutex_unlock_slow", "mutex_unlock_slow", slot::MUTEX_UNLOCK_SLOW, Entry, Locks),
-    spec("rwmutex_lock", "rwmutex_lock", slot::RWMUTEX_LOCK, Entry, Locks),
-    spec("rwmutex_unlock", "rwmutex_unlock", slot::RWMUTEX_UNLOCK, Entry, Locks),
-    spec("rwmutex_rlock_slow", "rwmutex_rlock_slow", slot::RWMUTEX_RLOCK_SLOW, Entry, Locks),
-    spec("rwmutex_runlock_slow", "rwmutex_runlock_slow", slot::RWMUTEX_RUNLOCK_SLOW, Entry, Locks),
+    spec(
+        "makechan_ret",
+        "makechan",
+        slot::MAKECHAN_RET,
+        Rets,
+        Channels,
+    ),
+    spec(
+        "semacquire1",
+        "semacquire1",
+        slot::SEMACQUIRE1,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "semrelease1",
+        "semrelease1",
+        slot::SEMRELEASE1,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "mutex_lock_slow",
+        "mutex_lock_slow",
+        slot::MUTEX_LOCK_SLOW,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "mutex_unlock_slow",
+        "mutex_unlock_slow",
+        slot::MUTEX_UNLOCK_SLOW,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "rwmutex_lock",
+        "rwmutex_lock",
+        slot::RWMUTEX_LOCK,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "rwmutex_unlock",
+        "rwmutex_unlock",
+        slot::RWMUTEX_UNLOCK,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "rwmutex_rlock_slow",
+        "rwmutex_rlock_slow",
+        slot::RWMUTEX_RLOCK_SLOW,
+        Entry,
+        Locks,
+    ),
+    spec(
+        "rwmutex_runlock_slow",
+        "rwmutex_runlock_slow",
+        slot::RWMUTEX_RUNLOCK_SLOW,
+        Entry,
+        Locks,
+    ),
 ];
 
 /// Parse "lifecycle,park" (or "all").
@@ -134,9 +200,10 @@ mod tests {
     #[test]
     fn every_program_names_a_known_role_of_its_group() {
         for p in PROGRAMS {
-            let role = PROBES.iter().find(|r| r.role == p.role).unwrap_or_else(|| {
-                panic!("program {} names unknown role {}", p.program, p.role)
-            });
+            let role = PROBES
+                .iter()
+                .find(|r| r.role == p.role)
+                .unwrap_or_else(|| panic!("program {} names unknown role {}", p.program, p.role));
             assert_eq!(role.group, p.group.name(), "{}", p.program);
         }
         let mut slots: Vec<u32> = PROGRAMS.iter().map(|p| p.slot).collect();

@@ -300,9 +300,13 @@ impl Probes {
             .unwrap_or(0)
     }
 
-    /// Move every queued event into `out`.
-    pub fn drain(&mut self, out: &mut Vec<Event>) {
-        while let Some(item) = self.events.next() {
+    /// Move up to `max` queued events into `out` (bounded, so a flood cannot starve the
+    /// governor; what stays queued is taken next time, and the kernel counts what overflows).
+    pub fn drain(&mut self, out: &mut Vec<Event>, max: usize) {
+        while out.len() < max {
+            let Some(item) = self.events.next() else {
+                break;
+            };
             if let Some(event) = event_from_bytes(&item) {
                 out.push(event);
             }

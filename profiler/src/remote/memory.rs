@@ -101,20 +101,23 @@ impl ProcessMemory {
             .mem_file
             .get_or_init(|| File::open(format!("/proc/{}/mem", self.pid)).ok());
         let Some(file) = file else {
-            return Err(if std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
-                MemError::PermissionDenied
-            } else {
-                MemError::Gone
-            });
+            return Err(
+                if std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
+                    MemError::PermissionDenied
+                } else {
+                    MemError::Gone
+                },
+            );
         };
-        file.read_exact_at(buf, addr).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => MemError::Gone,
-            Some(libc::EPERM) | Some(libc::EACCES) => MemError::PermissionDenied,
-            _ => MemError::Unmapped {
-                addr,
-                len: buf.len(),
-            },
-        })
+        file.read_exact_at(buf, addr)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ESRCH) => MemError::Gone,
+                Some(libc::EPERM) | Some(libc::EACCES) => MemError::PermissionDenied,
+                _ => MemError::Unmapped {
+                    addr,
+                    len: buf.len(),
+                },
+            })
     }
 }
 

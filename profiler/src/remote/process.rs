@@ -64,7 +64,10 @@ mod tests {
     fn a_pid_that_does_not_exist_is_reported_as_gone() {
         // PIDs are bounded by /proc/sys/kernel/pid_max (at most 2^22).
         let pid = 4_194_304 + 17;
-        assert!(matches!(exe_path(pid), Err(InspectError::ProcessGone { .. })));
+        assert!(matches!(
+            exe_path(pid),
+            Err(InspectError::ProcessGone { .. })
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! returns `Option`, every chain (typedefs, nested paths, member lists) is bounded, and a parse
 //! error ends the scan with whatever was found before it.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
@@ -279,6 +280,17 @@ pub fn fuzz_dwarf(info: &[u8], abbrev: &[u8]) {
     });
 }
 
+/// [`fuzz_dwarf`] for a fuzzer's single input: the first two bytes (little-endian, modulo the
+/// rest's length) say how much of the rest is `.debug_abbrev`; what follows is `.debug_info`.
+pub fn fuzz_dwarf_bytes(data: &[u8]) {
+    let Some((head, rest)) = data.split_at_checked(2) else {
+        return;
+    };
+    let split = usize::from(u16::from_le_bytes([head[0], head[1]])) % (rest.len() + 1);
+    let (abbrev, info) = rest.split_at(split);
+    fuzz_dwarf(info, abbrev);
+}
+
 /// Longest typedef / wrapper chain followed before giving up (real Go DWARF needs 2–3).
 const MAX_HOPS: usize = 16;
 /// Most children of one struct read before giving up (runtime.m has ~100 members).
@@ -320,6 +332,7 @@ struct Index<'a> {
     units: Vec<UnitEntry<'a>>,
     /// Wanted type name → section offset of its (first, defining) struct or array DIE.
     structs: HashMap<&'static str, usize>,
+    members_cache: RefCell<HashMap<usize, Option<Rc<Vec<Member>>>>>,
 }
 
 impl<'a> Index<'a> {
@@ -330,6 +343,7 @@ impl<'a> Index<'a> {
             str: DebugStr::new(sections.str, LittleEndian),
             units: Vec::new(),
             structs: HashMap::new(),
+            members_cache: RefCell::new(HashMap::new()),
         };
         let wanted: Vec<&'static str> = {
             let mut names: Vec<&'static str> = FIELDS.iter().map(|f| f.type_name).collect();
@@ -454,8 +468,20 @@ impl<'a> Index<'a> {
         Some(self.die_facts(unit, entry))
     }
 
-    /// The struct DIE at `offset` (its members), or None when it is not a defined struct.
-    fn struct_members(&self, offset: usize) -> Option<(Die, Vec<Member>)> {
+    /// The members of the struct at `offset` (memoized: every key re-walks its root struct).
+    fn struct_members(&self, offset: usize) -> Option<Rc<Vec<Member>>> {
+        if let Some(cached) = self.members_cache.borrow().get(&offset) {
+            return cached.clone();
+        }
+        let members = self.read_struct_members(offset).map(Rc::new);
+        self.members_cache
+            .borrow_mut()
+            .insert(offset, members.clone());
+        members
+    }
+
+    /// The members of the struct DIE at `offset`, or None when it is not a defined struct.
+    fn read_struct_members(&self, offset: usize) -> Option<Vec<Member>> {
         let unit = self.unit_at(offset)?;
         let unit_offset = DebugInfoOffset(offset).to_unit_offset(&unit.header)?;
         let mut cursor = unit
@@ -504,7 +530,7 @@ impl<'a> Index<'a> {
                 }
             }
         }
-        Some((die, members))
+        Some(members)
     }
 
     /// Follows typedefs and qualifiers to the type that defines the layout.
@@ -571,7 +597,7 @@ impl<'a> Index<'a> {
         name: &[u8],
         depth: usize,
     ) -> Option<(u64, Option<usize>)> {
-        let (_, members) = self.struct_members(struct_offset)?;
+        let members = self.struct_members(struct_offset)?;
         if let Some(m) = members.iter().find(|m| m.name == name) {
             return Some((m.offset, m.type_ref));
         }
@@ -613,7 +639,7 @@ impl<'a> Index<'a> {
             {
                 break;
             }
-            let Some((_, members)) = self.struct_members(inner) else {
+            let Some(members) = self.struct_members(inner) else {
                 break;
             };
             let Some(value) = members
@@ -688,5 +714,8 @@ mod tests {
         assert!(layouts.values().all(|l| *l == Lookup::NoType));
         fuzz_dwarf(&[0xff; 64], &[0x01, 0x13, 0x01, 0x03, 0x08, 0x00, 0x00]);
         fuzz_dwarf(&[7, 0, 0, 0, 4, 0, 0, 0, 0, 0, 8], &[]);
+        for data in [&[][..], &[1], &[0xff, 0xff], &[3, 0, 1, 0x13, 0, 0, 0, 0]] {
+            fuzz_dwarf_bytes(data);
+        }
     }
 }
