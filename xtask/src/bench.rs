@@ -41,7 +41,8 @@ struct Report {
 pub fn run(what: &str) -> anyhow::Result<()> {
     match what {
         "probes" => probes(),
-        other => bail!("unknown benchmark {other:?} (known: probes)"),
+        "snapshot" => crate::bench_snapshot::run(),
+        other => bail!("unknown benchmark {other:?} (known: probes, snapshot)"),
     }
 }
 

@@ -15,7 +15,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     let root = cmd::repo_root();
-    cmd::run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "parkscope"]))?;
+    cmd::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "parkscope",
+    ]))?;
     let demo_dir = root.join("target/demo");
     std::fs::create_dir_all(&demo_dir)?;
     let demo_bin = demo_dir.join("order-service");
@@ -37,8 +42,23 @@ pub fn run() -> anyhow::Result<()> {
     let pid = demo.id();
     let result = wait_ready(&mut demo).and_then(|()| {
         let parkscope = root.join("target/release/parkscope");
-        println!("\n=== parkscope inspect --pid {pid} ===\n");
-        cmd::run(Command::new(&parkscope).args(["inspect", "--pid", &pid.to_string()]))
+        let pid = pid.to_string();
+        let steps: [(&str, Vec<&str>); 3] = [
+            ("what parkscope learns from the binary", vec!["inspect", "--pid", &pid]),
+            (
+                "every goroutine, what it waits on and who could wake it (from memory: no probe, no pause)",
+                vec!["snapshot", "--pid", &pid],
+            ),
+            (
+                "two seconds of live events from uprobes on the Go runtime (parks, wake-ups, locks)",
+                vec!["trace", "--pid", &pid, "--duration", "2s", "--probes", "park,locks"],
+            ),
+        ];
+        for (what, args) in steps {
+            println!("\n=== parkscope {} — {what} ===\n", args.join(" "));
+            cmd::run(Command::new(&parkscope).args(&args))?;
+        }
+        Ok(())
     });
     // SIGTERM: the demo exits cleanly on it.
     terminate(pid);
@@ -67,5 +87,8 @@ fn wait_ready(child: &mut std::process::Child) -> anyhow::Result<()> {
 }
 
 fn terminate(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }

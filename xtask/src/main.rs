@@ -1,6 +1,8 @@
 //! `cargo xtask <task>`: everything a fresh machine needs, from one place. Run through `./x`,
 //! which first makes sure the pinned Rust toolchain exists.
 
+mod bench;
+mod bench_snapshot;
 mod cmd;
 mod demo;
 mod fixtures;
@@ -37,6 +39,8 @@ enum Task {
     },
     /// Set up, build, start the bundled demo Go service and run parkscope against it.
     Demo,
+    /// Measure what each probe group costs a Go program (`probes`); results in target/bench.
+    Bench { what: String },
     /// Regenerate profiler/src/gobin/offsets/table.json from real Go toolchains' DWARF.
     Offsets {
         /// Go toolchains to read (e.g. go1.21.13); default: the newest patch of each release.
@@ -54,9 +58,11 @@ fn main() -> anyhow::Result<()> {
         Task::Fixtures { releases } => fixtures::build(&releases).map(|_| ()),
         Task::Test { cargo_args } => test::run(&cargo_args),
         Task::Demo => demo::run(),
+        Task::Bench { what } => bench::run(&what),
         Task::Offsets { releases, out } => offsets::run(&offsets::OffsetsArgs {
             releases,
-            out: out.unwrap_or_else(|| cmd::repo_root().join("profiler/src/gobin/offsets/table.json")),
+            out: out
+                .unwrap_or_else(|| cmd::repo_root().join("profiler/src/gobin/offsets/table.json")),
         }),
     }
 }

@@ -34,7 +34,9 @@ fn ensure_llvm() -> anyhow::Result<()> {
     }
     eprintln!("xtask: installing Debian's llvm-{LLVM_MAJOR}-dev (for bpf-linker)");
     if !cmd::succeeds(Command::new("apt-get").arg("--version")) {
-        bail!("LLVM {LLVM_MAJOR} is missing and apt-get is not available: install llvm-{LLVM_MAJOR}-dev by hand");
+        bail!(
+            "LLVM {LLVM_MAJOR} is missing and apt-get is not available: install llvm-{LLVM_MAJOR}-dev by hand"
+        );
     }
     cmd::run(Command::new("apt-get").args(["update", "-q"]))
         .context("apt-get update (setup needs root to install LLVM)")?;
@@ -52,7 +54,9 @@ fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
         .unwrap_or(false)
 }
 
@@ -60,16 +64,26 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     if bpf_linker_ok() {
         return Ok(());
     }
-    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes, once)");
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (a few minutes, once)"
+    );
     cmd::run(
         Command::new("cargo")
-            .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features"])
             .arg(format!("llvm-{LLVM_MAJOR}"))
             .env("LLVM_PREFIX", llvm_prefix()),
     )?;
     if !bpf_linker_ok() {
-        bail!("bpf-linker was installed but `bpf-linker --version` does not run: is ~/.cargo/bin on PATH?");
+        bail!(
+            "bpf-linker was installed but `bpf-linker --version` does not run: is ~/.cargo/bin on PATH?"
+        );
     }
     Ok(())
 }
@@ -87,6 +101,8 @@ fn ensure_go() -> anyhow::Result<()> {
         .and_then(|v| v.parse::<u32>().ok());
     match minor {
         Some(m) if m >= MIN_GO_MINOR => Ok(()),
-        _ => bail!("{version}: Go 1.{MIN_GO_MINOR} or newer is needed to run GOTOOLCHAIN downloads"),
+        _ => {
+            bail!("{version}: Go 1.{MIN_GO_MINOR} or newer is needed to run GOTOOLCHAIN downloads")
+        }
     }
 }

@@ -3,6 +3,8 @@
 
 pub mod buildinfo;
 pub mod elf;
+#[cfg(test)]
+mod fuzz_smoke;
 pub mod moduledata;
 pub mod offsets;
 pub mod pclntab;

@@ -51,7 +51,7 @@ pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
     })
 }
 
-fn function_code<'a>(binary: &'a GoBinary<'_>, name: &str) -> Option<(&'a [u8], u64)> {
+pub(crate) fn function_code<'a>(binary: &'a GoBinary<'_>, name: &str) -> Option<(&'a [u8], u64)> {
     let f = binary.pclntab.func_by_name(name)?;
     let code = binary
         .image
@@ -59,7 +59,7 @@ fn function_code<'a>(binary: &'a GoBinary<'_>, name: &str) -> Option<(&'a [u8], 
     Some((code, f.entry))
 }
 
-fn decode(code: &[u8], entry: u64) -> Vec<Instruction> {
+pub(crate) fn decode(code: &[u8], entry: u64) -> Vec<Instruction> {
     let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
     let mut out = Vec::new();
     while decoder.can_decode() {
@@ -73,7 +73,7 @@ fn decode(code: &[u8], entry: u64) -> Vec<Instruction> {
 }
 
 /// RIP-relative memory operand target of an instruction, if it has one.
-fn rip_target(i: &Instruction) -> Option<u64> {
+pub(crate) fn rip_target(i: &Instruction) -> Option<u64> {
     (0..i.op_count())
         .any(|n| i.op_kind(n) == OpKind::Memory)
         .then_some(())

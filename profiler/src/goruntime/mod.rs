@@ -2,6 +2,7 @@
 //! goroutines, sudogs, channels, the semaphore table. Layouts come from `gobin` offsets.
 
 pub mod globals;
+pub mod heap;
 pub mod goroutines;
 pub mod layout;
 pub mod objects;

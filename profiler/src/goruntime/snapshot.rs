@@ -253,7 +253,12 @@ fn describe(
     let stack = if on_cpu {
         Vec::new()
     } else {
-        stack::symbolize(pclntab, bias, target.wrapper_func_id, &stack::unwind(mem, g))
+        stack::symbolize(
+            pclntab,
+            bias,
+            target.wrapper_func_id,
+            &stack::unwind(mem, g),
+        )
     };
 
     let mut blocked_on = Vec::new();

@@ -115,7 +115,11 @@ pub fn symbolize(
 /// table. Its number changes between releases as special functions are added; this finds it
 /// without a per-release table.
 pub fn wrapper_func_id(pclntab: &Pclntab<'_>) -> Option<u8> {
-    pclntab.functions().filter_map(|f| pclntab.func_id(&f)).max().filter(|&id| id > 0)
+    pclntab
+        .functions()
+        .filter_map(|f| pclntab.func_id(&f))
+        .max()
+        .filter(|&id| id > 0)
 }
 
 /// The function, file and line of one PC (a function entry, or `gopc - 1` for "created by").

@@ -1,0 +1,604 @@
+//! Leak verdicts with proof, from outside: the GC's own rule (a goroutine blocked on a channel or
+//! sync primitive that nothing able to run can reach will never wake) applied to a conservative
+//! scan of the target's memory, plus what needs no proof (nil-channel waits, `select {}`).
+//!
+//! One scan:
+//! 1. read every goroutine (the snapshot) and its raw `g` record;
+//! 2. candidates: goroutines parked (`_Gwaiting`, or `_Gleaked` on Go 1.26+) on a channel, a
+//!    select or a sync primitive whose address we know; nil-channel waits and `select {}` outside
+//!    main are leaked outright; everything else is a root;
+//! 3. roots: `.data` and `.bss`; the stacks of root goroutines (parked ones from `sched.sp`,
+//!    running and syscall ones whole) and their g's pointer fields (`_defer`, `_panic`, `param`,
+//!    `labels`, `timer`, `ancestors`), scanned conservatively;
+//! 4. mark through the heap, never scanning g records (allgs) or sudogs (`g.waiting` chains and
+//!    the semaphore table): those are the runtime's back-links to what goroutines wait on;
+//! 5. fixpoint: a candidate whose blocking object got marked, or is not a heap object, can still
+//!    be woken: its stack becomes a root; repeat. The candidates left are flagged, if their park
+//!    key did not change during the scan.
+//!
+//! The target runs during a scan, so [`detect`] reports a goroutine only when every one of at
+//! least two scans, some 100 ms apart, flagged it with the same park key (status, wait reason,
+//! `trackingSeq`, `sched.sp`, `waiting`): a goroutine that ran in between is never reported.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::analysis::reach::{MarkStats, Marker};
+use crate::error::InspectError;
+use crate::goruntime::globals::SEMTABLE_SIZE;
+use crate::goruntime::goroutines::{self, RawG, read_sudog};
+use crate::goruntime::heap::{self, Heap, HeapLayout};
+use crate::goruntime::layout::Field;
+use crate::goruntime::snapshot::{self, Target};
+use crate::model::{BlockedOn, Frame, Goroutine, Location, Snapshot, Status};
+use crate::remote::memory::{MemError, Memory};
+
+/// What one scan needs beyond the snapshot's `Target`, resolved once.
+pub struct LeakTarget<'t, 'd> {
+    pub target: &'t Target<'d>,
+    heap_layout: HeapLayout,
+    /// Run-time address of `runtime.mheap_`.
+    mheap: u64,
+    /// Run-time `[lo, hi)` of `.data` and `.bss` (the pointer-bearing globals).
+    globals: Vec<(u64, u64)>,
+    /// Pointer fields of a g that keep things alive for a goroutine that can run.
+    g_pointer_fields: Vec<Field>,
+    g_size: usize,
+}
+
+impl<'t, 'd> LeakTarget<'t, 'd> {
+    pub fn new(target: &'t Target<'d>) -> Result<Self, InspectError> {
+        let binary = &target.binary;
+        let heap_layout = HeapLayout::resolve(&binary.offsets)?;
+        let mheap = heap::find_mheap(binary, &heap_layout).ok_or_else(|| {
+            InspectError::MissingSymbol(
+                "runtime.mheap_ (no symbol, and runtime.findObject does not reveal it)".into(),
+            )
+        })?;
+        let md = binary.pclntab.moduledata().ok_or_else(|| {
+            InspectError::MissingSymbol("runtime.firstmoduledata (data and bss bounds)".into())
+        })?;
+        let bias = target.load_bias;
+        let globals = vec![
+            (md.data.wrapping_add(bias), md.edata.wrapping_add(bias)),
+            (md.bss.wrapping_add(bias), md.ebss.wrapping_add(bias)),
+        ];
+        let g_pointer_fields = [
+            "g._defer",
+            "g._panic",
+            "g.param",
+            "g.labels",
+            "g.timer",
+            "g.ancestors",
+        ]
+        .iter()
+        .filter_map(|k| binary.offsets.get(k))
+        .map(|f| Field {
+            offset: f.value as usize,
+            size: 8,
+        })
+        .collect();
+        Ok(LeakTarget {
+            target,
+            heap_layout,
+            mheap: mheap.wrapping_add(bias),
+            globals,
+            g_pointer_fields,
+            g_size: target.layout.g.size,
+        })
+    }
+}
+
+/// Why a goroutine was flagged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Why {
+    /// Blocked on primitives no runnable goroutine, global or reachable object refers to.
+    Unreachable,
+    /// Send or receive on a nil channel: blocks forever by definition.
+    NilChannel,
+    /// `select {}` outside main.
+    SelectNoCases,
+}
+
+impl Why {
+    pub fn evidence(self) -> &'static str {
+        match self {
+            Why::Unreachable => {
+                "nothing that can still run refers to what it waits on: no global (.data/.bss), no \
+                 stack of a runnable, running, sleeping or I/O-waiting goroutine, and no heap \
+                 object reachable from those (nor from goroutines they could wake) points to it"
+            }
+            Why::NilChannel => "operation on a nil channel: it blocks forever",
+            Why::SelectNoCases => "select {} with no cases: it blocks forever",
+        }
+    }
+}
+
+/// One goroutine flagged by one scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub goid: i64,
+    pub g_addr: u64,
+    pub park_key: (u32, u8, u64, u64, Option<u64>),
+    pub why: Why,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScanStats {
+    pub took_ms: f64,
+    pub goroutines: usize,
+    /// Blocked on a channel/sync object (before the fixpoint).
+    pub candidates: usize,
+    /// Candidates found wakeable by the fixpoint.
+    pub promoted: usize,
+    pub flagged: usize,
+    /// Flagged by reachability but changed under the reader: not flagged.
+    pub moved: usize,
+    /// g records that could not be decoded (their stacks are not roots in this scan).
+    pub unreadable_gs: usize,
+    pub mark: MarkStats,
+    pub heap_metadata_bytes: u64,
+}
+
+pub struct Scan {
+    pub snapshot: Snapshot,
+    pub flags: Vec<Flag>,
+    pub stats: ScanStats,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Root,
+    Candidate,
+    Flagged(Why),
+}
+
+fn role(g: &Goroutine, main_goid: i64) -> Role {
+    if !g.status.is_parked() || g.unstable {
+        return Role::Root;
+    }
+    match g.wait_reason.as_deref() {
+        Some("chan send (nil chan)" | "chan receive (nil chan)") => Role::Flagged(Why::NilChannel),
+        Some("select (no cases)") if g.goid != main_goid => Role::Flagged(Why::SelectNoCases),
+        // A blocking object we could not identify could be anything: the goroutine stays a root.
+        Some(reason) if is_candidate_reason(reason) && !g.blocked_on.is_empty() => Role::Candidate,
+        _ => Role::Root,
+    }
+}
+
+fn is_candidate_reason(reason: &str) -> bool {
+    matches!(
+        reason,
+        "chan send"
+            | "chan receive"
+            | "select"
+            | "sync.Mutex.Lock"
+            | "sync.RWMutex.RLock"
+            | "sync.RWMutex.Lock"
+            | "sync.WaitGroup.Wait"
+            | "sync.Cond.Wait"
+            | "semacquire"
+    )
+}
+
+/// Every sudog the runtime links from goroutines and the semaphore table.
+fn sudogs(target: &Target<'_>, mem: &dyn Memory, gs: &[RawG]) -> HashSet<u64> {
+    let layout = &target.layout.sudog;
+    let mut out = HashSet::new();
+    for g in gs {
+        if g.waiting != 0 && g.status != Status::Dead {
+            out.extend(
+                goroutines::waiting_chain(mem, layout, g)
+                    .iter()
+                    .map(|s| s.addr),
+            );
+        }
+    }
+    if let (Some(table), Some(root)) = (target.globals.semtable, &target.layout.sema_root) {
+        let table = table.wrapping_add(target.load_bias);
+        for bucket in 0..SEMTABLE_SIZE {
+            let Ok(top) = mem.read_u64(table + bucket * root.stride as u64 + root.treap.offset as u64)
+            else {
+                continue;
+            };
+            let mut stack = vec![top];
+            while let Some(node) = stack.pop() {
+                if node == 0 || out.len() > goroutines::MAX_SUDOG_CHAIN * 16 || !out.insert(node) {
+                    continue;
+                }
+                if let Some(s) = read_sudog(mem, layout, node) {
+                    stack.extend([s.prev, s.next, s.waitlink]);
+                }
+            }
+        }
+    }
+    out.remove(&0);
+    out
+}
+
+/// One scan: a snapshot and the goroutines reachability (or the wait itself) proves leaked.
+pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemError> {
+    let started = Instant::now();
+    let target = lt.target;
+    let g_layout = &target.layout.g;
+    let g_addrs =
+        goroutines::read_allgs(mem, target.globals.allgs.wrapping_add(target.load_bias))?;
+    let (raw, unreadable) = goroutines::read_gs(mem, g_layout, &g_addrs);
+    let snapshot = snapshot::read(target, mem, snapshot::monotonic_ns())?;
+    let raw_of: HashMap<u64, &RawG> = raw.iter().map(|g| (g.addr, g)).collect();
+
+    let mut skip: HashSet<u64> = g_addrs.iter().copied().collect();
+    skip.extend(sudogs(target, mem, &raw));
+
+    let main_goid = 1;
+    let mut roots: Vec<&Goroutine> = Vec::new();
+    let mut candidates: Vec<&Goroutine> = Vec::new();
+    let mut outright: Vec<(&Goroutine, Why)> = Vec::new();
+    for g in &snapshot.goroutines {
+        match role(g, main_goid) {
+            Role::Root => roots.push(g),
+            Role::Candidate => candidates.push(g),
+            Role::Flagged(why) => outright.push((g, why)),
+        }
+    }
+    let mut stats = ScanStats {
+        goroutines: snapshot.goroutines.len(),
+        candidates: candidates.len(),
+        unreadable_gs: unreadable.len(),
+        ..ScanStats::default()
+    };
+
+    let Some(mut heap) = Heap::new(mem, lt.heap_layout.clone(), lt.mheap) else {
+        return Err(MemError::Unmapped {
+            addr: lt.mheap,
+            len: 8,
+        });
+    };
+    let mut marker = Marker::new(mem, &mut heap, skip);
+    for &(lo, hi) in &lt.globals {
+        marker.scan_range(lo, hi);
+    }
+    for g in &roots {
+        scan_goroutine(lt, mem, &mut marker, raw_of.get(&g.g_addr).copied(), g);
+    }
+    marker.drain();
+
+    // Fixpoint: wake whatever can be woken, until nothing changes.
+    let mut blocked: Vec<&Goroutine> = candidates;
+    loop {
+        let (wakeable, still): (Vec<&Goroutine>, Vec<&Goroutine>) =
+            blocked.into_iter().partition(|g| {
+                g.blocked_on
+                    .iter()
+                    .any(|b| marker.is_marked_or_outside_heap(b.addr))
+            });
+        blocked = still;
+        if wakeable.is_empty() {
+            break;
+        }
+        stats.promoted += wakeable.len();
+        for g in wakeable {
+            scan_goroutine(lt, mem, &mut marker, raw_of.get(&g.g_addr).copied(), g);
+        }
+        marker.drain();
+    }
+    stats.mark = marker.stats;
+    drop(marker);
+    stats.heap_metadata_bytes = heap.bytes_read;
+
+    // Only what held still while we looked.
+    let mut flags = Vec::new();
+    let flagged = blocked
+        .into_iter()
+        .map(|g| (g, Why::Unreachable))
+        .chain(outright);
+    for (g, why) in flagged {
+        let Some(before) = raw_of.get(&g.g_addr) else {
+            stats.moved += 1;
+            continue;
+        };
+        match goroutines::reread_g(mem, g_layout, g.g_addr) {
+            Some(after) if after.park_key() == before.park_key() && after.goid == g.goid => {
+                flags.push(Flag {
+                    goid: g.goid,
+                    g_addr: g.g_addr,
+                    park_key: after.park_key(),
+                    why,
+                });
+            }
+            _ => stats.moved += 1,
+        }
+    }
+    stats.flagged = flags.len();
+    stats.took_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(Scan {
+        snapshot,
+        flags,
+        stats,
+    })
+}
+
+/// A goroutine that can run (or be woken): its stack and its g's pointer fields are roots.
+fn scan_goroutine(
+    lt: &LeakTarget<'_, '_>,
+    mem: &dyn Memory,
+    marker: &mut Marker<'_, '_>,
+    raw: Option<&RawG>,
+    g: &Goroutine,
+) {
+    let Some(raw) = raw else {
+        return;
+    };
+    // Registers of a running goroutine are invisible and its saved SP is stale: scan the whole
+    // stack. A parked (or runnable, preempted) one saved its SP: nothing below it is live.
+    let lo = if g.status.is_parked() || g.status == Status::Runnable {
+        raw.sched_sp.clamp(raw.stack_lo, raw.stack_hi)
+    } else {
+        raw.stack_lo
+    };
+    marker.scan_range(lo, raw.stack_hi);
+    if let Ok(record) = mem.read_vec(raw.addr, lt.g_size) {
+        for field in &lt.g_pointer_fields {
+            if let Some(word) = field.read(&record) {
+                marker.mark_word(word);
+            }
+        }
+    }
+}
+
+/// A goroutine's verdict in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub goid: i64,
+    /// `leaked`, or the goroutine's state: `blocked` (parked on a primitive still reachable),
+    /// `waiting`, `running`, `runnable`, `syscall`, ….
+    pub verdict: String,
+}
+
+/// A group of leaked goroutines parked at the same place for the same reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub why: Why,
+    pub wait_reason: String,
+    /// The innermost frame outside the runtime and package sync: where the code blocks.
+    pub site: Option<Location>,
+    pub count: usize,
+    pub goids: Vec<i64>,
+    pub objects: Vec<BlockedOn>,
+    pub evidence: String,
+    /// Longest time any of them has been parked, when the runtime recorded it.
+    pub parked_for_ns: Option<u64>,
+    pub created_by: Option<Location>,
+    /// The stack of the first goroutine of the group.
+    pub stack: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeakReport {
+    pub pid: u32,
+    pub go_version: String,
+    pub executable: String,
+    pub taken_at: String,
+    pub interval_ms: u64,
+    pub scans: Vec<ScanStats>,
+    pub goroutines: usize,
+    pub leaked: usize,
+    pub findings: Vec<Finding>,
+    pub verdicts: Vec<Verdict>,
+    /// What this version does not detect: stated, not silently missing.
+    pub limitations: Vec<&'static str>,
+}
+
+pub const LIMITATIONS: &[&str] = &[
+    "deadlocks on reachable locks (AB-BA, self re-lock, RLock-Lock-RLock) are not detected: \
+     finding them needs lock holders, which memory alone does not record",
+    "stacks are scanned conservatively: a stale pointer in a dead stack slot can hide a leak \
+     (never invent one)",
+    "sync.Cond waiters are candidates only on Go 1.26+ (older runtimes do not link them from the \
+     goroutine); before that they are treated as live",
+    "finalizer and cleanup specials are not roots: a primitive referenced only from an \
+     unreachable object that has a finalizer may be reported leaked",
+];
+
+/// Run `scans` scans `interval` apart and report the goroutines every one of them flagged with
+/// an unchanged park key.
+pub fn detect(
+    lt: &LeakTarget<'_, '_>,
+    mem: &dyn Memory,
+    scans: usize,
+    interval: Duration,
+) -> Result<LeakReport, MemError> {
+    let scans = scans.max(2);
+    let mut stats = Vec::with_capacity(scans);
+    let mut confirmed: Option<HashMap<i64, Flag>> = None;
+    let mut last = None;
+    for i in 0..scans {
+        if i > 0 {
+            std::thread::sleep(interval);
+        }
+        let scan = scan_once(lt, mem)?;
+        let flags: HashMap<i64, Flag> = scan.flags.iter().map(|f| (f.goid, f.clone())).collect();
+        confirmed = Some(match confirmed {
+            None => flags,
+            Some(prev) => prev
+                .into_iter()
+                .filter(|(goid, f)| flags.get(goid) == Some(f))
+                .collect(),
+        });
+        stats.push(scan.stats.clone());
+        last = Some(scan);
+    }
+    let scan = last.expect("at least two scans");
+    let confirmed = confirmed.unwrap_or_default();
+    Ok(report(
+        scan.snapshot,
+        &confirmed,
+        stats,
+        interval.as_millis() as u64,
+    ))
+}
+
+fn report(
+    mut snapshot: Snapshot,
+    confirmed: &HashMap<i64, Flag>,
+    scans: Vec<ScanStats>,
+    interval_ms: u64,
+) -> LeakReport {
+    snapshot.taken_at = snapshot::now_rfc3339();
+    let mut verdicts = Vec::new();
+    let mut groups: BTreeMap<(Why, String, Option<Location>), Vec<&Goroutine>> = BTreeMap::new();
+    for g in &snapshot.goroutines {
+        let verdict = match confirmed.get(&g.goid) {
+            Some(flag) => {
+                groups
+                    .entry((
+                        flag.why,
+                        g.wait_reason.clone().unwrap_or_default(),
+                        site(&g.stack),
+                    ))
+                    .or_default()
+                    .push(g);
+                "leaked".to_string()
+            }
+            None if g.status.is_parked()
+                && g.wait_reason.as_deref().is_some_and(is_candidate_reason) =>
+            {
+                "blocked".to_string()
+            }
+            None => g.status.as_str().to_string(),
+        };
+        verdicts.push(Verdict {
+            goid: g.goid,
+            verdict,
+        });
+    }
+    let mut findings: Vec<Finding> = groups
+        .into_iter()
+        .map(|((why, wait_reason, site), gs)| {
+            let mut objects: Vec<BlockedOn> =
+                gs.iter().flat_map(|g| g.blocked_on.iter().cloned()).collect();
+            objects.sort_by_key(|b| b.addr);
+            objects.dedup();
+            Finding {
+                kind: "leaked",
+                why,
+                wait_reason,
+                site,
+                count: gs.len(),
+                goids: gs.iter().map(|g| g.goid).collect(),
+                objects,
+                evidence: why.evidence().to_string(),
+                parked_for_ns: gs.iter().filter_map(|g| g.parked_for_ns).max(),
+                created_by: gs[0].created_by.clone(),
+                stack: gs[0].stack.clone(),
+            }
+        })
+        .collect();
+    findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.goids.cmp(&b.goids)));
+    LeakReport {
+        pid: snapshot.pid,
+        go_version: snapshot.go_version,
+        executable: snapshot.executable,
+        taken_at: snapshot.taken_at,
+        interval_ms,
+        scans,
+        goroutines: snapshot.goroutines.len(),
+        leaked: confirmed.len(),
+        findings,
+        verdicts,
+        limitations: LIMITATIONS.to_vec(),
+    }
+}
+
+/// Where a goroutine blocks in its own code: the innermost frame outside the runtime and the
+/// sync packages.
+pub fn site(stack: &[Frame]) -> Option<Location> {
+    let internal = |f: &str| {
+        f.starts_with("runtime.") || f.starts_with("sync.") || f.starts_with("internal/sync.")
+    };
+    stack
+        .iter()
+        .find(|f| !internal(&f.function))
+        .or(stack.last())
+        .map(|f| Location {
+            function: f.function.clone(),
+            file: f.file.clone(),
+            line: f.line,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ObjectKind, Op};
+
+    fn g(goid: i64, status: Status, reason: &str, blocked: bool) -> Goroutine {
+        Goroutine {
+            goid,
+            status,
+            wait_reason: Some(reason.to_string()),
+            parked_for_ns: None,
+            start: None,
+            created_by: None,
+            parent_goid: None,
+            stack: Vec::new(),
+            blocked_on: if blocked {
+                vec![BlockedOn {
+                    kind: ObjectKind::Chan,
+                    addr: 0xc000010000,
+                    op: Op::Send,
+                }]
+            } else {
+                Vec::new()
+            },
+            g_addr: 0x1000,
+            on_cpu: false,
+            unstable: false,
+        }
+    }
+
+    #[test]
+    fn classifies_goroutines() {
+        use Status::*;
+        assert_eq!(role(&g(7, Waiting, "chan send", true), 1), Role::Candidate);
+        // Go 1.26's own detector moved it to _Gleaked: still ours to prove.
+        assert_eq!(role(&g(7, Leaked, "chan send", true), 1), Role::Candidate);
+        assert_eq!(role(&g(7, Waiting, "chan send", false), 1), Role::Root);
+        assert_eq!(role(&g(7, Waiting, "sleep", false), 1), Role::Root);
+        assert_eq!(role(&g(7, Running, "chan send", true), 1), Role::Root);
+        assert_eq!(
+            role(&g(7, Waiting, "chan receive (nil chan)", false), 1),
+            Role::Flagged(Why::NilChannel)
+        );
+        assert_eq!(
+            role(&g(7, Waiting, "select (no cases)", false), 1),
+            Role::Flagged(Why::SelectNoCases)
+        );
+        assert_eq!(role(&g(1, Waiting, "select (no cases)", false), 1), Role::Root);
+        let mut unstable = g(7, Waiting, "chan send", true);
+        unstable.unstable = true;
+        assert_eq!(role(&unstable, 1), Role::Root);
+    }
+
+    #[test]
+    fn site_skips_runtime_and_sync_frames() {
+        let frame = |f: &str| Frame {
+            function: f.into(),
+            file: "x.go".into(),
+            line: 3,
+            pc: 0,
+            inlined: false,
+        };
+        let stack = [
+            frame("runtime.gopark"),
+            frame("sync.(*Mutex).Lock"),
+            frame("main.worker"),
+            frame("runtime.goexit"),
+        ];
+        assert_eq!(site(&stack).unwrap().function, "main.worker");
+    }
+}
