@@ -3,6 +3,7 @@
 //! Data flows one way: target discovery (`remote`) → Go binary facts (`gobin`) → probes and
 //! memory → model → analysis → outputs. Each module owns one of those rooms.
 
+pub mod analysis;
 pub mod error;
 pub mod gobin;
 pub mod goruntime;

@@ -140,12 +140,10 @@ fn hundred_snapshots_of_a_churning_program_never_fail_and_stay_consistent() {
 fn a_target_that_exits_mid_snapshot_gives_a_clean_error() {
     // A larger target makes each snapshot long enough for the kill to land inside one.
     let binary = fixture("bench_parked", RELEASE, "plain");
+    let out_dir = std::env::temp_dir().join(format!("parkscope-e2e-exit-{}", std::process::id()));
     let mut child = Command::new(&binary.path)
         .env("PARKSCOPE_BENCH_GOROUTINES", "20000")
-        .env(
-            "PARKSCOPE_FIXTURE_OUT",
-            std::env::temp_dir().join(format!("parkscope-e2e-exit-{}", std::process::id())),
-        )
+        .env("PARKSCOPE_FIXTURE_OUT", &out_dir)
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting bench_parked");
@@ -205,6 +203,7 @@ fn a_target_that_exits_mid_snapshot_gives_a_clean_error() {
         }
     }
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&out_dir);
     assert!(killed_at.is_some(), "never got 3 good snapshots before the kill");
     assert!(ok >= 3 && gone >= 1, "ok {ok}, gone {gone}");
 }

@@ -217,7 +217,14 @@ fn stall_window(addr: &str) -> anyhow::Result<f64> {
 fn run_parkscope(parkscope: &Path, pid: u32, file: &Path) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let mut child = Command::new(parkscope)
-        .args(["snapshot", "--pid", &pid.to_string(), "--format", "json", "-o"])
+        .args([
+            "snapshot",
+            "--pid",
+            &pid.to_string(),
+            "--format",
+            "json",
+            "-o",
+        ])
         .arg(file)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

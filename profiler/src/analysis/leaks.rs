@@ -200,7 +200,8 @@ fn sudogs(target: &Target<'_>, mem: &dyn Memory, gs: &[RawG]) -> HashSet<u64> {
     if let (Some(table), Some(root)) = (target.globals.semtable, &target.layout.sema_root) {
         let table = table.wrapping_add(target.load_bias);
         for bucket in 0..SEMTABLE_SIZE {
-            let Ok(top) = mem.read_u64(table + bucket * root.stride as u64 + root.treap.offset as u64)
+            let Ok(top) =
+                mem.read_u64(table + bucket * root.stride as u64 + root.treap.offset as u64)
             else {
                 continue;
             };
@@ -224,8 +225,7 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
     let started = Instant::now();
     let target = lt.target;
     let g_layout = &target.layout.g;
-    let g_addrs =
-        goroutines::read_allgs(mem, target.globals.allgs.wrapping_add(target.load_bias))?;
+    let g_addrs = goroutines::read_allgs(mem, target.globals.allgs.wrapping_add(target.load_bias))?;
     let (raw, unreadable) = goroutines::read_gs(mem, g_layout, &g_addrs);
     let snapshot = snapshot::read(target, mem, snapshot::monotonic_ns())?;
     let raw_of: HashMap<u64, &RawG> = raw.iter().map(|g| (g.addr, g)).collect();
@@ -479,8 +479,10 @@ fn report(
     let mut findings: Vec<Finding> = groups
         .into_iter()
         .map(|((why, wait_reason, site), gs)| {
-            let mut objects: Vec<BlockedOn> =
-                gs.iter().flat_map(|g| g.blocked_on.iter().cloned()).collect();
+            let mut objects: Vec<BlockedOn> = gs
+                .iter()
+                .flat_map(|g| g.blocked_on.iter().cloned())
+                .collect();
             objects.sort_by_key(|b| b.addr);
             objects.dedup();
             Finding {
@@ -578,7 +580,10 @@ mod tests {
             role(&g(7, Waiting, "select (no cases)", false), 1),
             Role::Flagged(Why::SelectNoCases)
         );
-        assert_eq!(role(&g(1, Waiting, "select (no cases)", false), 1), Role::Root);
+        assert_eq!(
+            role(&g(1, Waiting, "select (no cases)", false), 1),
+            Role::Root
+        );
         let mut unstable = g(7, Waiting, "chan send", true);
         unstable.unstable = true;
         assert_eq!(role(&unstable, 1), Role::Root);

@@ -107,8 +107,10 @@ impl<'h, 'm> Marker<'h, 'm> {
                     at += len;
                 }
             }
-            let mut buffers: Vec<Vec<u8>> =
-                pieces.iter().map(|&(_, len)| vec![0u8; len as usize]).collect();
+            let mut buffers: Vec<Vec<u8>> = pieces
+                .iter()
+                .map(|&(_, len)| vec![0u8; len as usize])
+                .collect();
             let mut requests: Vec<(u64, &mut [u8])> = pieces
                 .iter()
                 .zip(buffers.iter_mut())
@@ -213,14 +215,24 @@ mod tests {
         noscan[0..8].copy_from_slice(&obj(4).to_le_bytes());
         mem.add(base + PAGE_SIZE, noscan);
         // A root range (a "global") with the pointer to object 0 and to the noscan object.
-        mem.add(0x5000, [obj(0).to_le_bytes(), (base + PAGE_SIZE).to_le_bytes()].concat());
+        mem.add(
+            0x5000,
+            [obj(0).to_le_bytes(), (base + PAGE_SIZE).to_le_bytes()].concat(),
+        );
 
         let mut heap = Heap::new(&mem, layout(), mheap).unwrap();
         let skip: HashSet<u64> = [obj(2)].into_iter().collect();
         let mut marker = Marker::new(&mem, &mut heap, skip);
         marker.scan_range(0x5000, 0x5010);
         marker.drain();
-        for (i, expect) in [(0, true), (1, true), (2, true), (3, false), (4, false), (5, false)] {
+        for (i, expect) in [
+            (0, true),
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, false),
+            (5, false),
+        ] {
             assert_eq!(
                 marker.is_marked_or_outside_heap(obj(i) + 4),
                 expect,

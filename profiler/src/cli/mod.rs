@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand.
 
 mod inspect;
+mod leaks;
 mod snapshot;
 mod trace;
 
@@ -34,6 +35,12 @@ pub enum Command {
     /// probe, no pause.
     #[command(after_help = exit_code::HELP)]
     Snapshot(snapshot::SnapshotArgs),
+    /// Prove goroutine leaks from outside: goroutines blocked on channels or sync primitives
+    /// nothing that can still run refers to (a reachability scan of the process's memory,
+    /// confirmed by two scans), nil-channel waits and `select {}`. Exits 3 when something
+    /// leaked, 0 when nothing did.
+    #[command(after_help = exit_code::HELP)]
+    Leaks(leaks::LeaksArgs),
     /// Stream live events from eBPF uprobes on the Go runtime: goroutine creation and exit,
     /// parks and wake-ups, channel operations, contended locks; under a CPU budget.
     #[command(after_help = exit_code::HELP)]
@@ -44,6 +51,7 @@ pub fn run(cli: Cli) -> Result<i32, InspectError> {
     match cli.command {
         Command::Inspect(args) => inspect::run(args),
         Command::Snapshot(args) => snapshot::run(args),
+        Command::Leaks(args) => leaks::run(args),
         Command::Trace(args) => trace::run(args),
     }
 }

@@ -26,6 +26,9 @@ pub struct SnapshotArgs {
     pub pid: u32,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Text format: also show the runtime's own goroutines (GC workers, sweeper, finalizers).
+    #[arg(long)]
+    pub system: bool,
     /// Write to this file instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -36,7 +39,7 @@ pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
     let target = Target::open(args.pid, &exe)?;
     let snap = snapshot::take(&target)?;
     let bytes = match args.format {
-        Format::Text => output::text::render(&snap).into_bytes(),
+        Format::Text => output::text::render(&snap, args.system).into_bytes(),
         Format::Json => {
             let mut json = serde_json::to_vec_pretty(&snap).expect("snapshot serializes");
             json.push(b'\n');

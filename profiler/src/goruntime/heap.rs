@@ -78,7 +78,8 @@ pub fn find_mheap(binary: &GoBinary<'_>, layout: &HeapLayout) -> Option<u64> {
         return Some(sym.addr);
     }
     let md = binary.pclntab.moduledata()?;
-    let in_bss = |a: u64| (md.bss..md.ebss).contains(&a) || (md.noptrbss..md.enoptrbss).contains(&a);
+    let in_bss =
+        |a: u64| (md.bss..md.ebss).contains(&a) || (md.noptrbss..md.enoptrbss).contains(&a);
     let mut votes: HashMap<u64, usize> = HashMap::new();
     // Each of these inlines spanOf/spanOfHeap: `mov mheap_+off(arenas)(%rip), %reg`.
     for name in ["runtime.findObject", "runtime.spanOfHeap", "runtime.spanOf"] {
@@ -100,7 +101,10 @@ pub fn find_mheap(binary: &GoBinary<'_>, layout: &HeapLayout) -> Option<u64> {
             }
         }
     }
-    votes.into_iter().max_by_key(|&(addr, n)| (n, addr)).map(|(a, _)| a)
+    votes
+        .into_iter()
+        .max_by_key(|&(addr, n)| (n, addr))
+        .map(|(a, _)| a)
 }
 
 /// One span, validated.
@@ -376,12 +380,17 @@ mod tests {
             let (stripped, plain) = (GoBinary::parse(&sb).unwrap(), GoBinary::parse(&pb).unwrap());
             let ctx = format!("{} {}", bin.go, bin.variant);
             let from_symbol = find_mheap(&plain, &HeapLayout::resolve(&plain.offsets).unwrap());
-            let from_code =
-                find_mheap(&stripped, &HeapLayout::resolve(&stripped.offsets).unwrap());
+            let from_code = find_mheap(&stripped, &HeapLayout::resolve(&stripped.offsets).unwrap());
             // -s -w shifts the data sections: compare offsets from .bss / .noptrbss.
             let rel = |b: &GoBinary<'_>, a: Option<u64>| {
                 let md = b.pclntab.moduledata().unwrap();
-                a.map(|a| if a >= md.noptrbss { (1, a - md.noptrbss) } else { (0, a - md.bss) })
+                a.map(|a| {
+                    if a >= md.noptrbss {
+                        (1, a - md.noptrbss)
+                    } else {
+                        (0, a - md.bss)
+                    }
+                })
             };
             assert!(from_symbol.is_some(), "{ctx}");
             assert_eq!(rel(&stripped, from_code), rel(&plain, from_symbol), "{ctx}");

@@ -2,8 +2,8 @@
 //! goroutines, sudogs, channels, the semaphore table. Layouts come from `gobin` offsets.
 
 pub mod globals;
-pub mod heap;
 pub mod goroutines;
+pub mod heap;
 pub mod layout;
 pub mod objects;
 pub mod snapshot;

@@ -297,12 +297,15 @@ fn describe(
 
     let parked_for_ns = (parked && g.waitsince > 0 && now_mono > g.waitsince)
         .then(|| (now_mono - g.waitsince) as u64);
+    let start = stack::location(pclntab, bias, g.startpc);
+    let system = model::is_system_start(start.as_ref().map(|l| l.function.as_str()));
     let goroutine = Goroutine {
+        system,
         goid: g.goid,
         status: g.status,
         wait_reason,
         parked_for_ns,
-        start: stack::location(pclntab, bias, g.startpc),
+        start,
         // Like Go's own traceback: main's creator is the runtime's bootstrap, not worth a line.
         created_by: if g.goid == 1 {
             None

@@ -186,6 +186,15 @@ pub struct Goroutine {
     /// It kept changing while we read it: status and wait reason come from one whole record,
     /// stack and objects are left out rather than guessed.
     pub unstable: bool,
+    /// A runtime-internal goroutine (GC workers, sweeper, finalizers…), which Go's own goroutine
+    /// dump leaves out too.
+    pub system: bool,
+}
+
+/// Go's rule (runtime.isSystemGoroutine, simplified): started in a runtime function other than
+/// runtime.main.
+pub fn is_system_start(start_function: Option<&str>) -> bool {
+    start_function.is_some_and(|f| f.starts_with("runtime.") && f != "runtime.main")
 }
 
 /// Edges of the wait-for graph. Derivable from goroutines and objects; kept explicit so outputs

@@ -2,6 +2,7 @@
 //! pprof for `go tool pprof`.
 
 pub mod dot;
+pub mod leaks;
 pub mod pprof;
 pub mod text;
 

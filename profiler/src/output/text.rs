@@ -6,9 +6,14 @@ use std::fmt::Write;
 use crate::model::{Object, ObjectKind, Snapshot};
 use crate::output::{group, human_duration};
 
-pub fn render(snapshot: &Snapshot) -> String {
+/// `show_system`: include the runtime's own goroutines, which Go's dump also hides by default.
+pub fn render(snapshot: &Snapshot, show_system: bool) -> String {
     let mut out = String::new();
-    let groups = group(snapshot);
+    let groups: Vec<_> = group(snapshot)
+        .into_iter()
+        .filter(|g| show_system || !g.representative().system)
+        .collect();
+    let hidden = snapshot.goroutines.iter().filter(|g| g.system).count();
     let _ = writeln!(
         out,
         "pid {} ({}) {} — {} goroutines in {} groups, taken {}",
@@ -19,6 +24,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         groups.len(),
         snapshot.taken_at
     );
+    if !show_system && hidden > 0 {
+        let _ = writeln!(
+            out,
+            "({hidden} runtime goroutines not shown: --system shows them)"
+        );
+    }
     if snapshot.skipped_unstable > 0 {
         let _ = writeln!(
             out,

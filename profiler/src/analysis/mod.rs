@@ -1,0 +1,4 @@
+//! Analysis over what the memory reader saw: reachability (the leak proof) and verdicts.
+
+pub mod leaks;
+pub mod reach;

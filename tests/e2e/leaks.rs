@@ -1,0 +1,272 @@
+//! `parkscope leaks` against every fixture program of the matrix, judged by the fixture's ground
+//! truth (truth.json) and compared with Go's own goroutineleak profile where the fixture's Go has
+//! one (1.26 built with GOEXPERIMENT=goroutineleakprofile, 1.27).
+//!
+//! The fixtures take Go's leak profile at their sync point, which moves the goroutines Go finds
+//! leaked to `_Gleaked` (status 10) until the next detection cycle: parkscope treats that status
+//! like `_Gwaiting`, so the fixtures run unchanged (the profile is not skipped).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use parkscope_e2e::{FixtureBinary, RunningFixture, fixture_binaries, parkscope};
+use serde_json::Value;
+
+struct Outcome {
+    ctx: String,
+    expected_leaked: usize,
+    found: usize,
+    missed: Vec<String>,
+    false_positives: Vec<String>,
+    /// Go's own verdicts (goid → leaked?) when the fixture wrote them.
+    go_leaked: Option<HashSet<i64>>,
+    ours: HashSet<i64>,
+    exit_ok: bool,
+    scan_ms: Vec<f64>,
+}
+
+fn leaks_json(pid: u32) -> (Value, Option<i32>) {
+    let out = parkscope(&["leaks", "--pid", &pid.to_string(), "--format", "json"]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "leaks failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        serde_json::from_slice(&out.stdout).unwrap(),
+        out.status.code(),
+    )
+}
+
+/// Goids Go's own detector marked "(leaked)" in goroutineleak-goroutines.txt.
+fn go_leaked(running: &RunningFixture) -> Option<HashSet<i64>> {
+    let text =
+        std::fs::read_to_string(running.out_dir.join("goroutineleak-goroutines.txt")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("goroutine "))
+            .filter(|l| l.contains("(leaked)"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect(),
+    )
+}
+
+fn check(binary: &FixtureBinary) -> Outcome {
+    let ctx = format!("{} {} {}", binary.fixture, binary.release, binary.variant);
+    let running = RunningFixture::start(&binary.path);
+    let (report, code) = leaks_json(running.pid());
+    let verdicts: HashMap<i64, String> = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["goid"].as_i64().unwrap(),
+                v["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let ours: HashSet<i64> = verdicts
+        .iter()
+        .filter(|(_, v)| *v == "leaked")
+        .map(|(g, _)| *g)
+        .collect();
+    // Findings and verdicts agree.
+    let in_findings: HashSet<i64> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["goids"].as_array().unwrap().iter())
+        .map(|g| g.as_i64().unwrap())
+        .collect();
+    assert_eq!(in_findings, ours, "{ctx}: findings vs verdicts");
+
+    let truth: HashMap<i64, _> = running
+        .truth
+        .goroutines
+        .iter()
+        .map(|g| (g.goid, g))
+        .collect();
+    let mut missed = Vec::new();
+    let mut false_positives = Vec::new();
+    let mut expected_leaked = 0;
+    for g in &running.truth.goroutines {
+        let leaked = ours.contains(&g.goid);
+        if g.expect == "leaked" {
+            expected_leaked += 1;
+            if !leaked {
+                missed.push(format!(
+                    "goid {} [{}] {} (ours: {:?})",
+                    g.goid,
+                    g.wait_reason,
+                    g.role,
+                    verdicts.get(&g.goid)
+                ));
+            }
+        } else if leaked {
+            false_positives.push(format!(
+                "goid {} expected {} [{}] {}",
+                g.goid, g.expect, g.wait_reason, g.role
+            ));
+        }
+    }
+    // Goroutines the fixture does not list are runtime and library goroutines: never leaked.
+    for goid in &ours {
+        if !truth.contains_key(goid) {
+            false_positives.push(format!("goid {goid}: not in truth.json (runtime/library)"));
+        }
+    }
+    let want_code = if ours.is_empty() { 0 } else { 3 };
+    let scan_ms = report["scans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["took_ms"].as_f64().unwrap())
+        .collect();
+    Outcome {
+        ctx,
+        expected_leaked,
+        found: expected_leaked - missed.len(),
+        missed,
+        false_positives,
+        go_leaked: go_leaked(&running),
+        ours,
+        exit_ok: code == Some(want_code),
+        scan_ms,
+    }
+}
+
+fn matrix() -> Vec<FixtureBinary> {
+    const VARIANT_FIXTURES: [&str; 2] = ["abandoned_sender", "abba_deadlock"];
+    fixture_binaries()
+        .into_iter()
+        // trace_* fixtures wait for the trace tests' signal; the demo keeps leaking after READY.
+        .filter(|b| b.fixture != "demo" && !b.fixture.starts_with("trace_"))
+        .filter(|b| b.variant == "plain" || VARIANT_FIXTURES.contains(&b.fixture.as_str()))
+        .collect()
+}
+
+fn run_all(binaries: Vec<FixtureBinary>) -> Vec<Outcome> {
+    let queue = Mutex::new(binaries);
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..6 {
+            s.spawn(|| {
+                loop {
+                    let Some(b) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let outcome = check(&b);
+                    results.lock().unwrap().push(outcome);
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by(|a, b| a.ctx.cmp(&b.ctx));
+    results
+}
+
+#[test]
+fn leaks_match_ground_truth_on_every_fixture_and_version_with_no_false_positive() {
+    let binaries = matrix();
+    assert!(binaries.len() > 100, "{}", binaries.len());
+    let outcomes = run_all(binaries);
+
+    let mut per_release: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut times: Vec<f64> = Vec::new();
+    // Agreement with Go's detector, over goroutines truth.json lists.
+    let (mut both, mut only_ours, mut only_go) = (0, 0, 0);
+    for o in &outcomes {
+        let release = o.ctx.split(' ').nth(1).unwrap().to_string();
+        let e = per_release.entry(release).or_default();
+        e.0 += o.expected_leaked;
+        e.1 += o.found;
+        times.extend(&o.scan_ms);
+        for fp in &o.false_positives {
+            failures.push(format!("{}: FALSE POSITIVE {fp}", o.ctx));
+        }
+        for m in &o.missed {
+            failures.push(format!("{}: missed {m}", o.ctx));
+        }
+        if !o.exit_ok {
+            failures.push(format!("{}: wrong exit code", o.ctx));
+        }
+        if let Some(go) = &o.go_leaked {
+            both += o.ours.intersection(go).count();
+            only_ours += o.ours.difference(go).count();
+            only_go += go.difference(&o.ours).count();
+            for goid in go.difference(&o.ours) {
+                eprintln!(
+                    "{}: Go's profile says goid {goid} leaked, parkscope does not",
+                    o.ctx
+                );
+            }
+            for goid in o.ours.difference(go) {
+                eprintln!(
+                    "{}: parkscope says goid {goid} leaked, Go's profile does not",
+                    o.ctx
+                );
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!("leaks found / expected per release: {per_release:?}");
+    eprintln!(
+        "agreement with Go's goroutineleak profile (1.26/1.27 fixtures): both {both}, only \
+         parkscope {only_ours}, only Go {only_go}"
+    );
+    eprintln!(
+        "scan time: median {:.1} ms, max {:.1} ms over {} scans",
+        times[times.len() / 2],
+        times[times.len() - 1],
+        times.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} problem(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Racy, busy, leak-free programs: the two-scan filter must hold.
+#[test]
+fn busy_leak_free_programs_get_no_verdict_across_repeated_scans() {
+    for fixture in ["ping_pong", "healthy_contention"] {
+        for release in ["1.21", "1.27"] {
+            let binary = fixture_binaries()
+                .into_iter()
+                .find(|b| b.fixture == fixture && b.release == release && b.variant == "plain")
+                .unwrap();
+            let running = RunningFixture::start(&binary.path);
+            for run in 0..15 {
+                let (report, code) = leaks_json(running.pid());
+                assert_eq!(
+                    report["leaked"], 0,
+                    "{fixture} {release} run {run}: {}",
+                    report["findings"]
+                );
+                assert_eq!(code, Some(0));
+            }
+        }
+    }
+}
+
+#[test]
+fn leaks_text_report_and_exit_codes() {
+    let binary = fixture_binaries()
+        .into_iter()
+        .find(|b| b.fixture == "nil_channel" && b.release == "1.24" && b.variant == "plain")
+        .unwrap();
+    let running = RunningFixture::start(&binary.path);
+    let out = parkscope(&["leaks", "--pid", &running.pid().to_string()]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("leaked ×"), "{text}");
+    assert!(text.contains("nil channel"), "{text}");
+    let gone = parkscope(&["leaks", "--pid", "4194321"]);
+    assert_eq!(gone.status.code(), Some(14));
+}
