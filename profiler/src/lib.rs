@@ -4,6 +4,7 @@
 //! memory → model → analysis → outputs. Each module owns one of those rooms.
 
 pub mod analysis;
+pub mod daemon;
 pub mod error;
 pub mod gobin;
 pub mod goruntime;

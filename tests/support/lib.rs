@@ -188,10 +188,10 @@ pub fn go_nm_functions(binary: &FixtureBinary) -> std::collections::HashMap<Stri
         else {
             continue;
         };
-        if kind == "T" || kind == "t" {
-            if let Ok(addr) = u64::from_str_radix(addr, 16) {
-                functions.insert(name.to_string(), addr);
-            }
+        if (kind == "T" || kind == "t")
+            && let Ok(addr) = u64::from_str_radix(addr, 16)
+        {
+            functions.insert(name.to_string(), addr);
         }
     }
     functions
@@ -214,8 +214,7 @@ pub struct DumpGoroutine {
 /// Parse Go's goroutine dump (debug=2 format).
 pub fn parse_goroutine_dump(text: &str) -> Vec<DumpGoroutine> {
     let mut out: Vec<DumpGoroutine> = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         if let Some(rest) = line.strip_prefix("goroutine ") {
             let Some((id, state)) = rest.split_once(" [") else {
                 continue;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::analysis::reach::{MarkStats, Marker};
+use crate::analysis::stackscan::{StackScanStats, StackScanner};
 use crate::error::InspectError;
 use crate::goruntime::globals::SEMTABLE_SIZE;
 use crate::goruntime::goroutines::{self, RawG, read_sudog};
@@ -45,7 +46,12 @@ pub struct LeakTarget<'t, 'd> {
     globals: Vec<(u64, u64)>,
     /// Pointer fields of a g that keep things alive for a goroutine that can run.
     g_pointer_fields: Vec<Field>,
+    g_defer: Option<Field>,
+    g_panic: Option<Field>,
     g_size: usize,
+    /// Scan parked goroutines' stacks with the compiler's stack maps (else conservatively).
+    pub precise_stacks: bool,
+    stacks: StackScanner<'t, 'd>,
 }
 
 impl<'t, 'd> LeakTarget<'t, 'd> {
@@ -80,7 +86,17 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             size: 8,
         })
         .collect();
+        let field = |k: &str| {
+            binary.offsets.get(k).map(|f| Field {
+                offset: f.value as usize,
+                size: 8,
+            })
+        };
         Ok(LeakTarget {
+            g_defer: field("g._defer"),
+            g_panic: field("g._panic"),
+            precise_stacks: true,
+            stacks: StackScanner::new(binary, bias),
             target,
             heap_layout,
             mheap: mheap.wrapping_add(bias),
@@ -141,6 +157,10 @@ pub struct ScanStats {
     pub unreadable_gs: usize,
     pub mark: MarkStats,
     pub heap_metadata_bytes: u64,
+    /// Frames scanned with the compiler's stack maps.
+    pub precise_frames: u64,
+    /// Stacks (or stack tails) scanned conservatively because a frame could not be decoded.
+    pub stack_fallbacks: u64,
 }
 
 pub struct Scan {
@@ -261,8 +281,18 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
     for &(lo, hi) in &lt.globals {
         marker.scan_range(lo, hi);
     }
+    let mut stack_stats = StackScanStats::default();
     for g in &roots {
-        scan_goroutine(lt, mem, &mut marker, raw_of.get(&g.g_addr).copied(), g);
+        marker.root = "goroutine";
+        marker.root_id = g.goid;
+        scan_goroutine(
+            lt,
+            mem,
+            &mut marker,
+            raw_of.get(&g.g_addr).copied(),
+            g,
+            &mut stack_stats,
+        );
     }
     marker.drain();
 
@@ -280,12 +310,35 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
             break;
         }
         stats.promoted += wakeable.len();
+        if std::env::var_os("PARKSCOPE_LEAKS_DEBUG").is_some() {
+            for g in &wakeable {
+                for b in &g.blocked_on {
+                    eprintln!(
+                        "goid {} woken via {:#x}: {:?}",
+                        g.goid,
+                        b.addr,
+                        marker.path_to(b.addr)
+                    );
+                }
+            }
+        }
         for g in wakeable {
-            scan_goroutine(lt, mem, &mut marker, raw_of.get(&g.g_addr).copied(), g);
+            marker.root = "woken goroutine";
+            marker.root_id = g.goid;
+            scan_goroutine(
+                lt,
+                mem,
+                &mut marker,
+                raw_of.get(&g.g_addr).copied(),
+                g,
+                &mut stack_stats,
+            );
         }
         marker.drain();
     }
     stats.mark = marker.stats;
+    stats.precise_frames = stack_stats.precise_frames;
+    stats.stack_fallbacks = stack_stats.fallbacks;
     drop(marker);
     stats.heap_metadata_bytes = heap.bytes_read;
 
@@ -328,10 +381,45 @@ fn scan_goroutine(
     marker: &mut Marker<'_, '_>,
     raw: Option<&RawG>,
     g: &Goroutine,
+    stack_stats: &mut StackScanStats,
 ) {
     let Some(raw) = raw else {
         return;
     };
+    let record = mem.read_vec(raw.addr, lt.g_size).ok();
+    let field = |f: Option<Field>| -> u64 {
+        match (f, &record) {
+            (Some(f), Some(r)) => f.read(r).unwrap_or(0),
+            _ => 0,
+        }
+    };
+    if let Some(record) = &record {
+        for f in &lt.g_pointer_fields {
+            if let Some(word) = f.read(record) {
+                marker.mark_word(word);
+            }
+        }
+    }
+    if lt.precise_stacks && g.status.is_parked() {
+        let mut words = Vec::new();
+        let before = stack_stats.fallbacks;
+        lt.stacks.live_words(
+            mem,
+            raw,
+            field(lt.g_defer),
+            field(lt.g_panic),
+            &mut words,
+            stack_stats,
+        );
+        // A stack that could not even be read is scanned conservatively below (it fails
+        // the same way, or the goroutine moved and the next scan will tell).
+        if stack_stats.fallbacks == before || !words.is_empty() {
+            for w in words {
+                marker.mark_word(w);
+            }
+            return;
+        }
+    }
     // Registers of a running goroutine are invisible and its saved SP is stale: scan the whole
     // stack. A parked (or runnable, preempted) one saved its SP: nothing below it is live.
     let lo = if g.status.is_parked() || g.status == Status::Runnable {
@@ -340,13 +428,6 @@ fn scan_goroutine(
         raw.stack_lo
     };
     marker.scan_range(lo, raw.stack_hi);
-    if let Ok(record) = mem.read_vec(raw.addr, lt.g_size) {
-        for field in &lt.g_pointer_fields {
-            if let Some(word) = field.read(&record) {
-                marker.mark_word(word);
-            }
-        }
-    }
 }
 
 /// A goroutine's verdict in the report.

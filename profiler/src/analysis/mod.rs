@@ -2,3 +2,5 @@
 
 pub mod leaks;
 pub mod reach;
+pub mod stackscan;
+pub mod contention;

@@ -39,6 +39,19 @@ pub struct Marker<'h, 'm> {
     marked: HashSet<u64>,
     queue: Vec<HeapObject>,
     pub stats: MarkStats,
+    /// Why each object was marked: the object (or root, as a label) whose word pointed to it.
+    pub parent: std::collections::HashMap<u64, Origin>,
+    /// The root being scanned, for `parent`.
+    pub root: &'static str,
+    pub root_id: i64,
+    current: Option<u64>,
+}
+
+/// What marked an object: another object, or a root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Object(u64),
+    Root(&'static str, i64),
 }
 
 impl<'h, 'm> Marker<'h, 'm> {
@@ -50,6 +63,10 @@ impl<'h, 'm> Marker<'h, 'm> {
             marked: HashSet::new(),
             queue: Vec::new(),
             stats: MarkStats::default(),
+            parent: std::collections::HashMap::new(),
+            root: "globals",
+            root_id: 0,
+            current: None,
         }
     }
 
@@ -65,6 +82,11 @@ impl<'h, 'm> Marker<'h, 'm> {
             return;
         }
         self.stats.objects_marked += 1;
+        let origin = match self.current {
+            Some(parent) => Origin::Object(parent),
+            None => Origin::Root(self.root, self.root_id),
+        };
+        self.parent.insert(object.base, origin);
         if !object.span.noscan && !self.skip.contains(&object.base) {
             self.queue.push(object);
         }
@@ -118,12 +140,14 @@ impl<'h, 'm> Marker<'h, 'm> {
                 .collect();
             let results = self.mem.read_many(&mut requests);
             drop(requests);
-            for (buffer, result) in buffers.iter().zip(results) {
+            for ((buffer, result), &(addr, _)) in buffers.iter().zip(results).zip(&pieces) {
+                self.current = self.heap.object_of(addr).map(|o| o.base);
                 match result {
                     Ok(()) => self.scan_bytes(buffer),
                     Err(_) => self.stats.unreadable += 1,
                 }
             }
+            self.current = None;
         }
     }
 
@@ -134,6 +158,28 @@ impl<'h, 'm> Marker<'h, 'm> {
             None => true,
             Some(object) => self.marked.contains(&object.base),
         }
+    }
+
+    /// The chain of objects from a root to the object containing `addr` (debugging aid).
+    pub fn path_to(&mut self, addr: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(mut at) = self.heap.object_of(addr).map(|o| o.base) else {
+            return out;
+        };
+        for _ in 0..64 {
+            match self.parent.get(&at) {
+                Some(Origin::Object(p)) => {
+                    out.push(format!("{at:#x} <- object {p:#x}"));
+                    at = *p;
+                }
+                Some(Origin::Root(r, id)) => {
+                    out.push(format!("{at:#x} <- root {r} {id}"));
+                    break;
+                }
+                None => break,
+            }
+        }
+        out
     }
 
     pub fn marked_count(&self) -> usize {

@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand.
 
+mod daemon;
 mod inspect;
 mod leaks;
 mod snapshot;
@@ -21,6 +22,9 @@ pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log as JSON lines (for log shippers).
+    #[arg(long, global = true)]
+    pub log_json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -45,6 +49,10 @@ pub enum Command {
     /// parks and wake-ups, channel operations, contended locks; under a CPU budget.
     #[command(after_help = exit_code::HELP)]
     Trace(trace::TraceArgs),
+    /// Follow Go processes as they come and go; serve Prometheus metrics (/metrics) and the
+    /// snapshot API over HTTP.
+    #[command(after_help = exit_code::HELP)]
+    Daemon(daemon::DaemonArgs),
 }
 
 pub fn run(cli: Cli) -> Result<i32, InspectError> {
@@ -53,20 +61,25 @@ pub fn run(cli: Cli) -> Result<i32, InspectError> {
         Command::Snapshot(args) => snapshot::run(args),
         Command::Leaks(args) => leaks::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Daemon(args) => daemon::run(args),
     }
 }
 
-pub fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8, json: bool, default_level: &str) {
     let level = match verbose {
-        0 => "warn",
+        0 => default_level,
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PARKSCOPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use clap::{Args, ValueEnum};
 use parkscope::error::InspectError;
@@ -46,7 +45,7 @@ pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
             json
         }
         Format::Dot => output::dot::render(&snap).into_bytes(),
-        Format::Svg => render_svg(&output::dot::render(&snap))?,
+        Format::Svg => output::dot::render_svg(&output::dot::render(&snap))?,
         Format::Pprof => output::pprof::render(&snap),
     };
     match &args.output {
@@ -57,39 +56,4 @@ pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
             .map_err(|e| InspectError::io("writing to stdout", e))?,
     }
     Ok(0)
-}
-
-fn render_svg(dot: &str) -> Result<Vec<u8>, InspectError> {
-    let child = Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(InspectError::io(
-                "--format svg needs Graphviz's `dot` (Debian/Ubuntu: apt-get install graphviz); \
-                 --format dot writes the graph without it",
-                e,
-            ));
-        }
-        Err(e) => return Err(InspectError::io("starting Graphviz dot", e)),
-    };
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(dot.as_bytes())
-        .map_err(|e| InspectError::io("feeding Graphviz dot", e))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| InspectError::io("running Graphviz dot", e))?;
-    if !out.status.success() {
-        return Err(InspectError::io(
-            "Graphviz dot failed",
-            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-        ));
-    }
-    Ok(out.stdout)
 }

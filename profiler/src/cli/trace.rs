@@ -106,6 +106,7 @@ pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
                     out.flush()
                 }
             }
+            Output::Raw { .. } | Output::Tick { .. } => Ok(()),
         };
         // A closed pipe (e.g. `| head`) ends the output, not the session's cleanup.
         if result.is_err() {

@@ -121,27 +121,88 @@ pub fn read_allgs(mem: &dyn Memory, allgs_addr: u64) -> Result<Vec<u64>, MemErro
 
 /// Read and decode every g record; records that fail to decode are returned as addresses.
 pub fn read_gs(mem: &dyn Memory, layout: &GLayout, addrs: &[u64]) -> (Vec<RawG>, Vec<u64>) {
-    let mut buffers: Vec<Vec<u8>> = addrs.iter().map(|_| vec![0u8; layout.size]).collect();
-    let mut requests: Vec<(u64, &mut [u8])> = addrs
-        .iter()
-        .zip(buffers.iter_mut())
-        .map(|(a, b)| (*a, b.as_mut_slice()))
-        .collect();
-    let results = mem.read_many(&mut requests);
     let mut good = Vec::with_capacity(addrs.len());
     let mut bad = Vec::new();
-    for ((addr, buffer), result) in addrs.iter().zip(&buffers).zip(results) {
-        match result.ok().and_then(|()| decode_g(layout, *addr, buffer)) {
+    for_each_record(mem, decoded_len(layout), addrs, |addr, record| {
+        match record.and_then(|r| decode_g(layout, addr, r)) {
             Some(g) => good.push(g),
-            None => bad.push(*addr),
+            None => bad.push(addr),
         }
-    }
+    });
     (good, bad)
+}
+
+/// The bytes of a g record [`decode_g`] looks at: from its start to the end of the last field
+/// it decodes (about two thirds of the record).
+fn decoded_len(layout: &GLayout) -> usize {
+    [
+        Some(layout.stack_lo),
+        Some(layout.stack_hi),
+        Some(layout.sched_sp),
+        Some(layout.sched_pc),
+        Some(layout.sched_bp),
+        Some(layout.status),
+        Some(layout.goid),
+        layout.waitsince,
+        Some(layout.waitreason),
+        Some(layout.waiting),
+        Some(layout.gopc),
+        Some(layout.startpc),
+        layout.parent_goid,
+        layout.tracking_seq,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|f| f.offset + f.size)
+    .max()
+    .unwrap_or(0)
+    .min(layout.size)
 }
 
 pub fn reread_g(mem: &dyn Memory, layout: &GLayout, addr: u64) -> Option<RawG> {
     let record = mem.read_vec(addr, layout.size).ok()?;
     decode_g(layout, addr, &record)
+}
+
+/// [`reread_g`] for many records at once (batched reads); None where a record is unreadable or
+/// not plausible.
+pub fn reread_gs(mem: &dyn Memory, layout: &GLayout, addrs: &[u64]) -> Vec<Option<RawG>> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for_each_record(mem, decoded_len(layout), addrs, |addr, record| {
+        out.push(record.and_then(|r| decode_g(layout, addr, r)));
+    });
+    out
+}
+
+/// Records per batch: bounds the buffer (g records are ~400 bytes).
+const RECORD_BATCH: usize = 8192;
+
+/// Read a `size`-byte record at each address with batched reads, calling `f` in order with the
+/// record, or None where the read failed.
+pub fn for_each_record(
+    mem: &dyn Memory,
+    size: usize,
+    addrs: &[u64],
+    mut f: impl FnMut(u64, Option<&[u8]>),
+) {
+    if size == 0 {
+        addrs.iter().for_each(|&a| f(a, None));
+        return;
+    }
+    let mut buffer = vec![0u8; size * addrs.len().min(RECORD_BATCH)];
+    for chunk in addrs.chunks(RECORD_BATCH) {
+        let buffer = &mut buffer[..size * chunk.len()];
+        let mut requests: Vec<(u64, &mut [u8])> = chunk
+            .iter()
+            .copied()
+            .zip(buffer.chunks_exact_mut(size))
+            .collect();
+        let results = mem.read_many(&mut requests);
+        drop(requests);
+        for ((&addr, record), result) in chunk.iter().zip(buffer.chunks_exact(size)).zip(results) {
+            f(addr, result.is_ok().then_some(record));
+        }
+    }
 }
 
 /// One sudog of a `g.waiting` chain or a channel queue.
@@ -159,16 +220,29 @@ pub struct RawSudog {
 
 pub fn read_sudog(mem: &dyn Memory, layout: &SudogLayout, addr: u64) -> Option<RawSudog> {
     let record = mem.read_vec(addr, layout.size).ok()?;
+    decode_sudog(layout, addr, &record)
+}
+
+pub fn decode_sudog(layout: &SudogLayout, addr: u64, record: &[u8]) -> Option<RawSudog> {
     Some(RawSudog {
         addr,
-        g: layout.g.read(&record)?,
-        next: layout.next.read(&record)?,
-        prev: layout.prev.read(&record)?,
-        elem: layout.elem.read(&record)?,
-        c: layout.c.read(&record)?,
-        waitlink: layout.waitlink.read(&record)?,
-        is_select: layout.is_select.read(&record)? & 0xff != 0,
+        g: layout.g.read(record)?,
+        next: layout.next.read(record)?,
+        prev: layout.prev.read(record)?,
+        elem: layout.elem.read(record)?,
+        c: layout.c.read(record)?,
+        waitlink: layout.waitlink.read(record)?,
+        is_select: layout.is_select.read(record)? & 0xff != 0,
     })
+}
+
+/// [`read_sudog`] for many addresses (batched reads).
+pub fn read_sudogs(mem: &dyn Memory, layout: &SudogLayout, addrs: &[u64]) -> Vec<Option<RawSudog>> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for_each_record(mem, layout.size, addrs, |addr, record| {
+        out.push(record.and_then(|r| decode_sudog(layout, addr, r)));
+    });
+    out
 }
 
 /// Follow `g.waiting` → sudog → `waitlink` (one sudog per select case, or one for a plain
@@ -187,6 +261,39 @@ pub fn waiting_chain(mem: &dyn Memory, layout: &SudogLayout, g: &RawG) -> Vec<Ra
         chain.push(sudog);
     }
     chain
+}
+
+/// [`waiting_chain`] of many goroutines at once: the chains are followed in rounds, one batched
+/// read per round for every chain that goes on (a select with k cases takes k rounds).
+pub fn waiting_chains(mem: &dyn Memory, layout: &SudogLayout, gs: &[&RawG]) -> Vec<Vec<RawSudog>> {
+    let mut chains: Vec<Vec<RawSudog>> = vec![Vec::new(); gs.len()];
+    // (index into gs, next sudog address)
+    let mut frontier: Vec<(usize, u64)> = gs
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.waiting != 0)
+        .map(|(i, g)| (i, g.waiting))
+        .collect();
+    for _ in 0..MAX_SUDOG_CHAIN {
+        if frontier.is_empty() {
+            break;
+        }
+        let addrs: Vec<u64> = frontier.iter().map(|&(_, a)| a).collect();
+        let sudogs = read_sudogs(mem, layout, &addrs);
+        let mut next = Vec::new();
+        for ((i, _), sudog) in frontier.into_iter().zip(sudogs) {
+            // Stops at an unreadable sudog or one that does not belong to the goroutine.
+            let Some(sudog) = sudog.filter(|s| s.g == gs[i].addr) else {
+                continue;
+            };
+            chains[i].push(sudog);
+            if sudog.waitlink != 0 && chains[i].len() < MAX_SUDOG_CHAIN {
+                next.push((i, sudog.waitlink));
+            }
+        }
+        frontier = next;
+    }
+    chains
 }
 
 #[cfg(test)]

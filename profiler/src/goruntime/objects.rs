@@ -27,6 +27,19 @@ pub fn read_channel(
     sudog: &SudogLayout,
     addr: u64,
 ) -> Option<RawChannel> {
+    read_channel_with(mem, hchan, sudog, addr, &HashMap::new())
+}
+
+/// [`read_channel`], taking queue entries from `fresh` (sudogs just read in one batch, by
+/// address) where it has them instead of reading them one by one: a channel with 100k waiters
+/// has a 100k-long queue. Entries it lacks are read from memory.
+pub fn read_channel_with(
+    mem: &dyn Memory,
+    hchan: &HchanLayout,
+    sudog: &SudogLayout,
+    addr: u64,
+    fresh: &HashMap<u64, RawSudog>,
+) -> Option<RawChannel> {
     let record = mem.read_vec(addr, hchan.size).ok()?;
     let state = ChanState {
         cap: hchan.dataqsiz.read(&record)?,
@@ -39,18 +52,27 @@ pub fn read_channel(
         return None; // torn
     }
     Some(RawChannel {
-        send_waiters: queue(mem, sudog, hchan.sendq_first.read(&record)?),
-        recv_waiters: queue(mem, sudog, hchan.recvq_first.read(&record)?),
+        send_waiters: queue(mem, sudog, hchan.sendq_first.read(&record)?, fresh),
+        recv_waiters: queue(mem, sudog, hchan.recvq_first.read(&record)?, fresh),
         state,
     })
 }
 
 /// A channel wait queue: sudogs linked through `next`.
-fn queue(mem: &dyn Memory, layout: &SudogLayout, first: u64) -> Vec<(u64, u64)> {
+fn queue(
+    mem: &dyn Memory,
+    layout: &SudogLayout,
+    first: u64,
+    fresh: &HashMap<u64, RawSudog>,
+) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut next = first;
     while next != 0 && out.len() < MAX_QUEUE {
-        let Some(s) = read_sudog(mem, layout, next) else {
+        let Some(s) = fresh
+            .get(&next)
+            .copied()
+            .or_else(|| read_sudog(mem, layout, next))
+        else {
             break;
         };
         out.push((s.g, s.addr));

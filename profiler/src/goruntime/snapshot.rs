@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use crate::error::InspectError;
 use crate::gobin::GoBinary;
 use crate::goruntime::globals::{self, Globals};
-use crate::goruntime::goroutines::{self, RawG};
+use crate::goruntime::goroutines::{self, RawG, RawSudog};
 use crate::goruntime::layout::Layout;
 use crate::goruntime::objects::{self, RawChannel};
 use crate::goruntime::stack;
@@ -99,8 +99,10 @@ pub fn take(target: &Target<'_>) -> Result<Snapshot, InspectError> {
 /// The reading itself, over any `Memory` (tests use recordings).
 pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snapshot, MemError> {
     let layout = &target.layout;
+    let started = std::time::Instant::now();
     let g_addrs = goroutines::read_allgs(mem, target.runtime_addr(target.globals.allgs))?;
     let (raw_gs, mut unreadable) = goroutines::read_gs(mem, &layout.g, &g_addrs);
+    let t_gs = started.elapsed();
     let sema_of_g = match (target.globals.semtable, &layout.sema_root) {
         (Some(table), Some(root)) => {
             objects::semtable_waiters(mem, target.runtime_addr(table), root, &layout.sudog)
@@ -108,64 +110,107 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
         _ => HashMap::new(),
     };
 
+    let t_semtable = started.elapsed();
+    let mut symbols = stack::Symbolizer::new(
+        &target.binary.pclntab,
+        target.load_bias,
+        target.wrapper_func_id,
+    );
+    // One slot per g record, in allgs order: the goroutine as confirmed (or given up on), and
+    // the sudogs of its waiting chain.
+    let mut slots: Vec<Option<(Described, Vec<u64>)>> = Vec::new();
+    slots.resize_with(raw_gs.len(), || None);
+    let mut pending: Vec<(usize, RawG)> = raw_gs
+        .into_iter()
+        .enumerate()
+        .filter(|(_, g)| g.status != Status::Dead)
+        .collect();
+    // Goroutines that kept changing (or whose record became unreadable): the last whole record.
+    let mut moving: Vec<(usize, RawG)> = Vec::new();
+    for _ in 0..CONFIRM_ATTEMPTS {
+        if pending.is_empty() {
+            break;
+        }
+        let mut changed = Vec::new();
+        for batch in pending.chunks(DESCRIBE_BATCH) {
+            let gs: Vec<&RawG> = batch.iter().map(|(_, g)| g).collect();
+            let prefetched = prefetch(target, mem, &gs);
+            let described: Vec<(Described, Vec<u64>)> = gs
+                .iter()
+                .zip(prefetched)
+                .map(|(g, pre)| {
+                    let sudogs = pre.chain.iter().map(|s| s.addr).collect();
+                    (
+                        describe(target, &pre, g, &sema_of_g, now_mono, &mut symbols),
+                        sudogs,
+                    )
+                })
+                .collect();
+            // Confirm the goroutines did not move while we followed their pointers.
+            let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
+            let again = goroutines::reread_gs(mem, &layout.g, &addrs);
+            for (((index, current), described), again) in batch.iter().zip(described).zip(again) {
+                match again {
+                    // A goroutine that is not parked changes all the time: what matters is that
+                    // the record still belongs to the same goroutine (g records are reused).
+                    Some(again) if !current.status.is_parked() && again.goid == current.goid => {
+                        slots[*index] = Some(described);
+                    }
+                    Some(again) if again.park_key() == current.park_key() => {
+                        slots[*index] = Some(described);
+                    }
+                    Some(again) if again.status == Status::Dead => {}
+                    Some(again) => changed.push((*index, again)),
+                    None => moving.push((*index, current.clone())),
+                }
+            }
+        }
+        pending = changed;
+    }
+    moving.extend(pending);
+    let t_goroutines = started.elapsed();
+    let skipped_unstable = moving.len();
+    for (index, current) in moving {
+        // It kept moving (a busy goroutine parks and wakes thousands of times a second): report
+        // what one whole record says, without the stack and objects we could not confirm.
+        let (mut g, _, _) = describe(
+            target,
+            &Prefetched::default(),
+            &current,
+            &sema_of_g,
+            now_mono,
+            &mut symbols,
+        );
+        g.stack.clear();
+        g.blocked_on.clear();
+        g.unstable = true;
+        slots[index] = Some(((g, Vec::new(), None), Vec::new()));
+    }
+
     let mut goroutines_out = Vec::new();
     let mut channels: BTreeMap<u64, Vec<(u64, Op)>> = BTreeMap::new();
     let mut sync_objects: BTreeMap<u64, (ObjectKind, u64, Vec<u64>)> = BTreeMap::new();
-    let mut skipped_unstable = 0usize;
-
-    for first in raw_gs {
-        if first.status == Status::Dead {
-            continue;
+    let mut queued_sudogs = Vec::new();
+    for ((g, chan_waits, sync_wait), sudogs) in slots.into_iter().flatten() {
+        for (chan, op) in chan_waits {
+            channels.entry(chan).or_default().push((g.g_addr, op));
         }
-        let mut current = first;
-        let mut accepted = None;
-        for _ in 0..CONFIRM_ATTEMPTS {
-            let described = describe(target, mem, &current, &sema_of_g, now_mono);
-            // Confirm the goroutine did not move while we followed its pointers.
-            match goroutines::reread_g(mem, &layout.g, current.addr) {
-                // A goroutine that is not parked changes all the time: what matters is that the
-                // record still belongs to the same goroutine (g records are reused).
-                Some(again) if !current.status.is_parked() && again.goid == current.goid => {
-                    accepted = Some(described);
-                    break;
-                }
-                Some(again) if again.park_key() == current.park_key() => {
-                    accepted = Some(described);
-                    break;
-                }
-                Some(again) => current = again,
-                None => break,
-            }
-            if current.status == Status::Dead {
-                break;
-            }
+        if let Some((kind, addr, sema)) = sync_wait {
+            let entry = sync_objects.entry(addr).or_insert((kind, sema, Vec::new()));
+            entry.2.push(g.g_addr);
         }
-        match accepted {
-            Some((g, chan_waits, sync_wait)) => {
-                for (chan, op) in chan_waits {
-                    channels.entry(chan).or_default().push((g.g_addr, op));
-                }
-                if let Some((kind, addr, sema)) = sync_wait {
-                    let entry = sync_objects.entry(addr).or_insert((kind, sema, Vec::new()));
-                    entry.2.push(g.g_addr);
-                }
-                goroutines_out.push(g);
-            }
-            None if current.status == Status::Dead => {}
-            None => {
-                // It kept moving (a busy goroutine parks and wakes thousands of times a second):
-                // report what one whole record says, without the stack and objects we could not
-                // confirm.
-                skipped_unstable += 1;
-                let (mut g, _, _) = describe(target, mem, &current, &sema_of_g, now_mono);
-                g.stack.clear();
-                g.blocked_on.clear();
-                g.unstable = true;
-                goroutines_out.push(g);
-            }
-        }
+        queued_sudogs.extend(sudogs);
+        goroutines_out.push(g);
     }
     unreadable.clear();
+
+    // The channels' wait queues link the sudogs we just saw in the goroutines' waiting chains:
+    // read them again in one batch, so a long queue is not walked one read at a time.
+    let fresh: HashMap<u64, RawSudog> = goroutines::read_sudogs(mem, &layout.sudog, &queued_sudogs)
+        .into_iter()
+        .flatten()
+        .map(|s| (s.addr, s))
+        .collect();
 
     let goid_of: HashMap<u64, i64> = goroutines_out.iter().map(|g| (g.g_addr, g.goid)).collect();
     let goids = |addrs: &mut dyn Iterator<Item = u64>| -> Vec<i64> {
@@ -179,7 +224,7 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
     for (addr, waiters) in &channels {
         let mut object = Object::new(*addr, ObjectKind::Chan);
         let raw: Option<RawChannel> =
-            objects::read_channel(mem, &layout.hchan, &layout.sudog, *addr);
+            objects::read_channel_with(mem, &layout.hchan, &layout.sudog, *addr, &fresh);
         if let Some(raw) = &raw {
             object.chan = Some(raw.state.clone());
             object.senders = goids(&mut raw.send_waiters.iter().map(|(g, _)| *g));
@@ -197,15 +242,21 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
     }
 
     // A select case's direction is known once we saw which queue holds the goroutine.
+    let object_at: HashMap<u64, usize> = objects_out
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o.addr, i))
+        .collect();
     for g in &mut goroutines_out {
         for b in &mut g.blocked_on {
             if b.op != Op::Select {
                 continue;
             }
-            if let Some(o) = objects_out.iter().find(|o| o.addr == b.addr) {
-                if o.senders.contains(&g.goid) {
+            if let Some(o) = object_at.get(&b.addr).map(|&i| &objects_out[i]) {
+                // senders and receivers are sorted (see `goids`).
+                if o.senders.binary_search(&g.goid).is_ok() {
                     b.op = Op::Send;
-                } else if o.receivers.contains(&g.goid) {
+                } else if o.receivers.binary_search(&g.goid).is_ok() {
                     b.op = Op::Recv;
                 }
             }
@@ -213,6 +264,12 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
     }
 
     let edges = model::derive_edges(&goroutines_out, &objects_out);
+    tracing::debug!(
+        "snapshot read: {} g records in {t_gs:.1?}, semtable by {t_semtable:.1?}, goroutines \
+         described and confirmed by {t_goroutines:.1?}, objects and edges by {:.1?}",
+        g_addrs.len(),
+        started.elapsed()
+    );
     Ok(Snapshot {
         pid: target.pid,
         go_version: target.binary.version.raw.clone(),
@@ -227,15 +284,48 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
 
 type Described = (Goroutine, Vec<(u64, Op)>, Option<(ObjectKind, u64, u64)>);
 
+/// Goroutines described per batch: their stacks and waiting chains are read in batched reads.
+const DESCRIBE_BATCH: usize = 4096;
+
+/// What [`describe`] needs from the target's memory besides the g record, read for a whole batch
+/// of goroutines at once.
+#[derive(Default)]
+struct Prefetched {
+    /// Stack PCs (empty for a goroutine on a CPU: its saved registers are stale).
+    pcs: Vec<u64>,
+    /// Its `g.waiting` sudog chain.
+    chain: Vec<RawSudog>,
+}
+
+fn prefetch(target: &Target<'_>, mem: &dyn Memory, gs: &[&RawG]) -> Vec<Prefetched> {
+    let off_cpu: Vec<&RawG> = gs
+        .iter()
+        .copied()
+        .filter(|g| g.status != Status::Running)
+        .collect();
+    let mut stacks = stack::unwind_many(mem, &off_cpu).into_iter();
+    let chains = goroutines::waiting_chains(mem, &target.layout.sudog, gs);
+    gs.iter()
+        .zip(chains)
+        .map(|(g, chain)| Prefetched {
+            pcs: if g.status == Status::Running {
+                Vec::new()
+            } else {
+                stacks.next().unwrap_or_default()
+            },
+            chain,
+        })
+        .collect()
+}
+
 fn describe(
     target: &Target<'_>,
-    mem: &dyn Memory,
+    pre: &Prefetched,
     g: &RawG,
     sema_of_g: &HashMap<u64, u64>,
     now_mono: i64,
+    symbols: &mut stack::Symbolizer<'_, '_>,
 ) -> Described {
-    let pclntab = &target.binary.pclntab;
-    let bias = target.load_bias;
     let parked = g.status.is_parked();
     let wait_reason = if parked {
         target
@@ -253,12 +343,7 @@ fn describe(
     let stack = if on_cpu {
         Vec::new()
     } else {
-        stack::symbolize(
-            pclntab,
-            bias,
-            target.wrapper_func_id,
-            &stack::unwind(mem, g),
-        )
+        symbols.symbolize(&pre.pcs)
     };
 
     let mut blocked_on = Vec::new();
@@ -266,7 +351,7 @@ fn describe(
     let mut sync_wait = None;
     if let Some(reason) = wait_reason.as_deref() {
         if let Some(op) = objects::channel_op(reason) {
-            for sudog in goroutines::waiting_chain(mem, &target.layout.sudog, g) {
+            for sudog in &pre.chain {
                 if sudog.c != 0 {
                     chan_waits.push((sudog.c, op));
                     blocked_on.push(BlockedOn {
@@ -279,7 +364,8 @@ fn describe(
         } else if objects::is_sync_reason(reason) {
             // Go 1.26 links sync waits through g.waiting; older releases only through the
             // semaphore table.
-            let sema = goroutines::waiting_chain(mem, &target.layout.sudog, g)
+            let sema = pre
+                .chain
                 .first()
                 .map(|s| s.elem)
                 .filter(|&e| e != 0)
@@ -297,7 +383,7 @@ fn describe(
 
     let parked_for_ns = (parked && g.waitsince > 0 && now_mono > g.waitsince)
         .then(|| (now_mono - g.waitsince) as u64);
-    let start = stack::location(pclntab, bias, g.startpc);
+    let start = symbols.location(g.startpc);
     let system = model::is_system_start(start.as_ref().map(|l| l.function.as_str()));
     let goroutine = Goroutine {
         system,
@@ -310,7 +396,7 @@ fn describe(
         created_by: if g.goid == 1 {
             None
         } else {
-            stack::creation_site(pclntab, bias, g.gopc)
+            symbols.creation_site(g.gopc)
         },
         parent_goid: g.parent_goid,
         stack,

@@ -1,6 +1,8 @@
 //! Frame-pointer unwinding of a parked goroutine from its saved registers, and symbolization of
 //! the program counters through pclntab (with inlined frames).
 
+use std::collections::HashMap;
+
 use crate::gobin::pclntab::Pclntab;
 use crate::goruntime::goroutines::RawG;
 use crate::model::{Frame, Location};
@@ -14,19 +16,73 @@ const STACK_READ_LIMIT: u64 = 256 << 10;
 /// address along the frame-pointer chain (`ret = *(bp+8); bp = *bp`) while bp stays inside the
 /// goroutine's stack and moves towards its top.
 pub fn unwind(mem: &dyn Memory, g: &RawG) -> Vec<u64> {
-    let mut pcs = vec![g.sched_pc];
+    let (lo, end) = stack_window(g);
+    let window = mem.read_vec(lo, (end.saturating_sub(lo)) as usize).ok();
+    unwind_in(mem, g, window.as_deref())
+}
+
+/// The part of a goroutine's stack read in one go: from its saved SP up (at most
+/// `STACK_READ_LIMIT` bytes).
+fn stack_window(g: &RawG) -> (u64, u64) {
     let lo = g.sched_sp.max(g.stack_lo);
-    let window_end = g.stack_hi.min(lo.saturating_add(STACK_READ_LIMIT));
-    let window = mem
-        .read_vec(lo, (window_end.saturating_sub(lo)) as usize)
-        .ok();
+    (lo, g.stack_hi.min(lo.saturating_add(STACK_READ_LIMIT)))
+}
+
+/// Stack bytes read per batch in [`unwind_many`]: bounds memory whatever the stacks' depth.
+const STACK_BATCH_BYTES: u64 = 16 << 20;
+
+/// [`unwind`] for many goroutines, their stack windows read in batched reads.
+pub fn unwind_many(mem: &dyn Memory, gs: &[&RawG]) -> Vec<Vec<u64>> {
+    let mut out = Vec::with_capacity(gs.len());
+    let mut start = 0;
+    while start < gs.len() {
+        // Take goroutines until the byte budget is used (always at least one).
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < gs.len() {
+            let (lo, hi) = stack_window(gs[end]);
+            let len = hi.saturating_sub(lo);
+            if end > start && bytes + len > STACK_BATCH_BYTES {
+                break;
+            }
+            bytes += len;
+            end += 1;
+        }
+        let batch = &gs[start..end];
+        let mut buffer = vec![0u8; bytes as usize];
+        let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(batch.len());
+        let mut rest = buffer.as_mut_slice();
+        for g in batch {
+            let (lo, hi) = stack_window(g);
+            let (window, tail) = rest.split_at_mut(hi.saturating_sub(lo) as usize);
+            requests.push((lo, window));
+            rest = tail;
+        }
+        let results = mem.read_many(&mut requests);
+        drop(requests);
+        let mut offset = 0usize;
+        for (g, result) in batch.iter().zip(results) {
+            let (lo, hi) = stack_window(g);
+            let len = hi.saturating_sub(lo) as usize;
+            let window = result.is_ok().then(|| &buffer[offset..offset + len]);
+            offset += len;
+            out.push(unwind_in(mem, g, window));
+        }
+        start = end;
+    }
+    out
+}
+
+fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
+    let mut pcs = vec![g.sched_pc];
+    let (lo, window_end) = stack_window(g);
     let word = |addr: u64| -> Option<u64> {
-        if let Some(w) = &window
+        if let Some(w) = window
             && addr >= lo
             && addr + 8 <= window_end
         {
             let i = (addr - lo) as usize;
-            return Some(u64::from_le_bytes(w[i..i + 8].try_into().ok()?));
+            return Some(u64::from_le_bytes(w.get(i..i + 8)?.try_into().ok()?));
         }
         mem.read_u64(addr).ok()
     };
@@ -64,50 +120,132 @@ pub fn symbolize(
 ) -> Vec<Frame> {
     let mut frames = Vec::new();
     for (i, &pc) in pcs.iter().enumerate() {
-        let lookup = pc.wrapping_sub(load_bias).wrapping_sub(u64::from(i > 0));
-        let mut lines = pclntab.frames(lookup);
-        // A wrapper's own frame is hidden, but what was inlined into it is real user code (a
-        // `go f(x)` wrapper often has f inlined).
-        let is_wrapper = wrapper_func_id.is_some()
-            && i > 0
-            && pclntab
-                .func_for_pc(lookup)
-                .is_some_and(|func| pclntab.func_id(&func) == wrapper_func_id);
-        if is_wrapper {
-            lines.pop();
-            if lines.is_empty() {
-                continue;
-            }
-        }
-        if lines.is_empty() {
-            frames.push(Frame {
-                function: format!("?{pc:#x}"),
-                file: String::new(),
-                line: 0,
-                pc,
-                inlined: false,
-            });
-            continue;
-        }
-        let outermost = lines.len() - 1;
-        for (depth, line) in lines.into_iter().enumerate() {
-            frames.push(Frame {
-                function: line.function,
-                file: line.file,
-                line: line.line,
-                pc,
-                // The last line of a wrapper's frame was inlined into the (hidden) wrapper.
-                inlined: depth < outermost || is_wrapper,
-            });
-        }
-        if frames
-            .last()
-            .is_some_and(|f| f.function == "runtime.goexit")
-        {
+        let at = frames_at(pclntab, load_bias, wrapper_func_id, pc, i > 0);
+        if push_frames(&mut frames, &at) {
             break;
         }
     }
     frames
+}
+
+/// Append the frames of one PC; true when the last one is `runtime.goexit` (the stack's end).
+fn push_frames(frames: &mut Vec<Frame>, at: &[Frame]) -> bool {
+    frames.extend_from_slice(at);
+    !at.is_empty()
+        && frames
+            .last()
+            .is_some_and(|f| f.function == "runtime.goexit")
+}
+
+/// The frames one PC stands for (several when calls were inlined; none for a hidden wrapper).
+/// `is_return` PCs are return addresses, looked up at `pc - 1`.
+fn frames_at(
+    pclntab: &Pclntab<'_>,
+    load_bias: u64,
+    wrapper_func_id: Option<u8>,
+    pc: u64,
+    is_return: bool,
+) -> Vec<Frame> {
+    let lookup = pc
+        .wrapping_sub(load_bias)
+        .wrapping_sub(u64::from(is_return));
+    let mut lines = pclntab.frames(lookup);
+    // A wrapper's own frame is hidden, but what was inlined into it is real user code (a
+    // `go f(x)` wrapper often has f inlined).
+    let is_wrapper = wrapper_func_id.is_some()
+        && is_return
+        && pclntab
+            .func_for_pc(lookup)
+            .is_some_and(|func| pclntab.func_id(&func) == wrapper_func_id);
+    if is_wrapper {
+        lines.pop();
+        if lines.is_empty() {
+            return Vec::new();
+        }
+    }
+    if lines.is_empty() {
+        return vec![Frame {
+            function: format!("?{pc:#x}"),
+            file: String::new(),
+            line: 0,
+            pc,
+            inlined: false,
+        }];
+    }
+    let outermost = lines.len() - 1;
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(depth, line)| Frame {
+            function: line.function,
+            file: line.file,
+            line: line.line,
+            pc,
+            // The last line of a wrapper's frame was inlined into the (hidden) wrapper.
+            inlined: depth < outermost || is_wrapper,
+        })
+        .collect()
+}
+
+/// [`symbolize`], [`location`] and [`creation_site`] with a per-PC cache, for one snapshot:
+/// a hundred thousand goroutines share a few hundred distinct PCs.
+pub struct Symbolizer<'a, 'data> {
+    pclntab: &'a Pclntab<'data>,
+    load_bias: u64,
+    wrapper_func_id: Option<u8>,
+    frames: HashMap<(u64, bool), Vec<Frame>>,
+    locations: HashMap<u64, Option<Location>>,
+    creation_sites: HashMap<u64, Option<Location>>,
+}
+
+impl<'a, 'data> Symbolizer<'a, 'data> {
+    pub fn new(
+        pclntab: &'a Pclntab<'data>,
+        load_bias: u64,
+        wrapper_func_id: Option<u8>,
+    ) -> Symbolizer<'a, 'data> {
+        Symbolizer {
+            pclntab,
+            load_bias,
+            wrapper_func_id,
+            frames: HashMap::new(),
+            locations: HashMap::new(),
+            creation_sites: HashMap::new(),
+        }
+    }
+
+    pub fn symbolize(&mut self, pcs: &[u64]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        for (i, &pc) in pcs.iter().enumerate() {
+            let at = self.frames.entry((pc, i > 0)).or_insert_with(|| {
+                frames_at(
+                    self.pclntab,
+                    self.load_bias,
+                    self.wrapper_func_id,
+                    pc,
+                    i > 0,
+                )
+            });
+            if push_frames(&mut frames, at) {
+                break;
+            }
+        }
+        frames
+    }
+
+    pub fn location(&mut self, pc: u64) -> Option<Location> {
+        self.locations
+            .entry(pc)
+            .or_insert_with(|| location(self.pclntab, self.load_bias, pc))
+            .clone()
+    }
+
+    pub fn creation_site(&mut self, gopc: u64) -> Option<Location> {
+        self.creation_sites
+            .entry(gopc)
+            .or_insert_with(|| creation_site(self.pclntab, self.load_bias, gopc))
+            .clone()
+    }
 }
 
 /// `abi.FuncIDWrapper` is the last value of the runtime's FuncID enum, and every Go program has

@@ -1,7 +1,11 @@
 //! The wait-for graph in Graphviz DOT: goroutine groups (boxes) wait on objects (ellipses).
 
 use std::collections::BTreeSet;
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::error::InspectError;
 
 use crate::model::Snapshot;
 use crate::output::group;
@@ -86,4 +90,40 @@ pub fn render(snapshot: &Snapshot) -> String {
 
 fn short(file: &str) -> &str {
     file.rsplit('/').next().unwrap_or(file)
+}
+
+/// Render DOT to SVG with Graphviz's `dot`, saying how to get it when it is missing.
+pub fn render_svg(dot: &str) -> Result<Vec<u8>, InspectError> {
+    let child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(InspectError::io(
+                "--format svg needs Graphviz's `dot` (Debian/Ubuntu: apt-get install graphviz); \
+                 --format dot writes the graph without it",
+                e,
+            ));
+        }
+        Err(e) => return Err(InspectError::io("starting Graphviz dot", e)),
+    };
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(dot.as_bytes())
+        .map_err(|e| InspectError::io("feeding Graphviz dot", e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| InspectError::io("running Graphviz dot", e))?;
+    if !out.status.success() {
+        return Err(InspectError::io(
+            "Graphviz dot failed",
+            std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+        ));
+    }
+    Ok(out.stdout)
 }

@@ -80,11 +80,27 @@ pub fn event_name(k: u16) -> &'static str {
 const RWMUTEX_READER_SEM: u64 = 12;
 
 /// Packages whose frames are the machinery, not the user's code.
-fn is_runtime_frame(function: &str) -> bool {
+pub fn is_runtime_frame(function: &str) -> bool {
     function.starts_with("runtime.")
         || function.starts_with("internal/")
         || function.starts_with("sync.")
         || function.starts_with("sync/atomic.")
+}
+
+/// What a consumer of raw events (contention accounting) needs from a [`Decoder`], as a trait
+/// object so it can cross the session's sink without the decoder's lifetimes.
+pub trait EventDecoder {
+    fn decode(&self, e: &Event) -> TraceEvent;
+    fn user_stack(&self, pcs: &[u64]) -> (Vec<SourceLine>, Option<SourceLine>);
+}
+
+impl EventDecoder for Decoder<'_, '_> {
+    fn decode(&self, e: &Event) -> TraceEvent {
+        Decoder::decode(self, e)
+    }
+    fn user_stack(&self, pcs: &[u64]) -> (Vec<SourceLine>, Option<SourceLine>) {
+        Decoder::user_stack(self, pcs)
+    }
 }
 
 /// Everything needed to decode one target's events.
@@ -157,6 +173,25 @@ impl<'a, 'data> Decoder<'a, 'data> {
             Some((line, pc)) => (Some(line), pc),
             None => (None, pcs.first().copied().unwrap_or(0)),
         }
+    }
+
+    /// The frames from the first user frame outward (inlined frames included, innermost
+    /// first), and the innermost frame of all (the fallback name when no user frame was
+    /// captured). Used by contention accounting for sites and pprof stacks.
+    pub fn user_stack(&self, pcs: &[u64]) -> (Vec<SourceLine>, Option<SourceLine>) {
+        let mut innermost = None;
+        let mut stack = Vec::new();
+        for &pc in pcs {
+            for line in self.lines(pc) {
+                if innermost.is_none() {
+                    innermost = Some(line.clone());
+                }
+                if !stack.is_empty() || !is_runtime_frame(&line.function) {
+                    stack.push(line);
+                }
+            }
+        }
+        (stack, innermost)
     }
 
     pub fn decode(&self, e: &Event) -> TraceEvent {

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use profiler_common::Event;
@@ -12,7 +14,7 @@ use serde::Serialize;
 use crate::error::InspectError;
 use crate::gobin::GoBinary;
 use crate::probes::calibrate::HitCost;
-use crate::probes::decode::{Decoder, TraceEvent};
+use crate::probes::decode::{Decoder, EventDecoder, TraceEvent};
 use crate::probes::governor::{Action, Governor, GovernorConfig, GroupLoad};
 use crate::probes::groups::ProbeGroup;
 use crate::probes::loader::{self, Plan, Probes};
@@ -33,6 +35,10 @@ pub struct TraceOptions {
     pub govern_every: Duration,
     /// Measure the per-hit floor at startup (else design.md's numbers).
     pub calibrate: bool,
+    /// Hand the sink raw events (`Output::Raw`, with the decoder) instead of decoded ones.
+    pub raw: bool,
+    /// Set from outside (e.g. a key press in `top`) to end the session.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl TraceOptions {
@@ -46,6 +52,8 @@ impl TraceOptions {
             drain_every: Duration::from_millis(50),
             govern_every: Duration::from_millis(250),
             calibrate: true,
+            raw: false,
+            stop: None,
         }
     }
 }
@@ -57,6 +65,8 @@ pub enum EndReason {
     Duration,
     Signal(String),
     TargetExited,
+    /// `TraceOptions::stop` was set (e.g. q pressed in `top`).
+    Quit,
 }
 
 impl std::fmt::Display for EndReason {
@@ -65,6 +75,7 @@ impl std::fmt::Display for EndReason {
             EndReason::Duration => f.write_str("the requested duration elapsed"),
             EndReason::Signal(s) => write!(f, "{s} received"),
             EndReason::TargetExited => f.write_str("the target process exited"),
+            EndReason::Quit => f.write_str("quit requested"),
         }
     }
 }
@@ -83,6 +94,15 @@ pub struct Notice {
 pub enum Output<'a> {
     Event(&'a TraceEvent),
     Notice(&'a Notice),
+    /// With `TraceOptions::raw`: the kernel's record and the decoder to symbolize it.
+    Raw {
+        event: &'a Event,
+        decoder: &'a dyn EventDecoder,
+    },
+    /// After each drain of the ring buffer (every `drain_every`), events or not.
+    Tick {
+        ts_ns: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -102,7 +122,7 @@ pub struct Summary {
     pub groups: BTreeMap<ProbeGroup, GroupStats>,
 }
 
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -277,8 +297,15 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                 probes.drain(raw, MAX_EVENTS_PER_DRAIN);
                 raw.sort_by_key(|e| e.ts_ns);
                 for e in raw.iter() {
-                    let decoded = decoder.decode(e);
-                    sink(Output::Event(&decoded));
+                    if opts.raw {
+                        sink(Output::Raw {
+                            event: e,
+                            decoder: &decoder,
+                        });
+                    } else {
+                        let decoded = decoder.decode(e);
+                        sink(Output::Event(&decoded));
+                    }
                 }
                 events_total += raw.len() as u64;
             };
@@ -286,8 +313,12 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
             tokio::select! {
                 _ = drain.tick() => {
                     flush(&mut probes, &mut raw, &mut sink);
+                    sink(Output::Tick { ts_ns: monotonic_ns() });
                     if !target_alive(pid) {
                         break Ok::<EndReason, InspectError>(EndReason::TargetExited);
+                    }
+                    if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                        break Ok(EndReason::Quit);
                     }
                 }
                 _ = govern.tick() => {

@@ -151,26 +151,92 @@ impl Memory for ProcessMemory {
     }
 
     fn read_many(&self, requests: &mut [(u64, &mut [u8])]) -> Vec<Result<(), MemError>> {
-        // One syscall for up to IOV_MAX requests when they all succeed; fall back to one read
-        // each to find out which failed.
+        // Requests that lie next to each other (g records of one span, sudogs of one page) are
+        // read as one range: the kernel then pins each page once per range instead of once per
+        // request, which is most of the cost of small reads.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_unstable_by_key(|&i| requests[i].0);
+        // (start, end, members as a range of `order`)
+        let mut ranges: Vec<(u64, u64, usize, usize)> = Vec::new();
+        for (k, &i) in order.iter().enumerate() {
+            let addr = requests[i].0;
+            let end = addr.saturating_add(requests[i].1.len() as u64);
+            match ranges.last_mut() {
+                Some(last)
+                    if addr <= last.1.saturating_add(COALESCE_GAP)
+                        && end.max(last.1) - last.0 <= COALESCE_MAX =>
+                {
+                    last.1 = last.1.max(end);
+                    last.3 = k + 1;
+                }
+                _ => ranges.push((addr, end, k, k + 1)),
+            }
+        }
+        if ranges.len() == requests.len() {
+            return self.read_batched(requests);
+        }
+        let total: usize = ranges.iter().map(|r| (r.1 - r.0) as usize).sum();
+        let mut buffer = vec![0u8; total];
+        let mut range_requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(ranges.len());
+        let mut rest = buffer.as_mut_slice();
+        for r in &ranges {
+            let (head, tail) = rest.split_at_mut((r.1 - r.0) as usize);
+            range_requests.push((r.0, head));
+            rest = tail;
+        }
+        let range_results = self.read_batched(&mut range_requests);
+        drop(range_requests);
+        let mut results: Vec<Result<(), MemError>> = vec![Ok(()); requests.len()];
+        let mut offset = 0usize;
+        for (r, result) in ranges.iter().zip(range_results) {
+            let range = &buffer[offset..offset + (r.1 - r.0) as usize];
+            offset += range.len();
+            for &i in &order[r.2..r.3] {
+                let (addr, buf) = &mut requests[i];
+                if result.is_ok() {
+                    let from = (*addr - r.0) as usize;
+                    buf.copy_from_slice(&range[from..from + buf.len()]);
+                } else {
+                    // Part of the range is unreadable: find out which requests are.
+                    results[i] = self.read(*addr, buf);
+                }
+            }
+        }
+        results
+    }
+}
+
+/// Requests at most this far apart are read as one range (the bytes between are read too).
+const COALESCE_GAP: u64 = 256;
+/// A coalesced range never grows beyond this.
+const COALESCE_MAX: u64 = 1 << 20;
+
+impl ProcessMemory {
+    /// Requests as they are, up to IOV_MAX per syscall.
+    fn read_batched(&self, requests: &mut [(u64, &mut [u8])]) -> Vec<Result<(), MemError>> {
+        // One syscall for up to IOV_MAX requests. The kernel stops at the first request it cannot
+        // read whole: those before it succeeded, that one is read alone (to learn its error),
+        // and the batch resumes after it.
         const IOV_MAX: usize = 1024;
-        let mut results = Vec::with_capacity(requests.len());
-        for chunk in requests.chunks_mut(IOV_MAX) {
-            let total: usize = chunk.iter().map(|(_, b)| b.len()).sum();
-            let locals: Vec<libc::iovec> = chunk
-                .iter_mut()
-                .map(|(_, b)| libc::iovec {
-                    iov_base: b.as_mut_ptr().cast(),
-                    iov_len: b.len(),
-                })
-                .collect();
-            let remotes: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|(addr, b)| libc::iovec {
+        let mut results: Vec<Result<(), MemError>> = Vec::with_capacity(requests.len());
+        let mut locals: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
+        let mut remotes: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
+        let mut start = 0;
+        while start < requests.len() {
+            let end = (start + IOV_MAX).min(requests.len());
+            let chunk = &mut requests[start..end];
+            locals.clear();
+            remotes.clear();
+            for (addr, buf) in chunk.iter_mut() {
+                locals.push(libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                });
+                remotes.push(libc::iovec {
                     iov_base: *addr as *mut libc::c_void,
-                    iov_len: b.len(),
-                })
-                .collect();
+                    iov_len: buf.len(),
+                });
+            }
             // SAFETY: each local iovec describes one caller-owned mutable buffer.
             let n = unsafe {
                 libc::process_vm_readv(
@@ -182,13 +248,31 @@ impl Memory for ProcessMemory {
                     0,
                 )
             };
-            if n >= 0 && n as usize == total {
-                results.extend(chunk.iter().map(|_| Ok(())));
-            } else {
+            if n < 0 {
+                // The whole call failed (gone, no permission, not allowed): one read each tells
+                // each request's own error (and falls back to /proc/PID/mem where needed).
                 for (addr, buf) in chunk.iter_mut() {
                     results.push(self.read(*addr, buf));
                 }
+                start += chunk.len();
+                continue;
             }
+            let mut left = n as usize;
+            let mut done = 0;
+            for (_, buf) in chunk.iter() {
+                if left < buf.len() {
+                    break;
+                }
+                left -= buf.len();
+                done += 1;
+            }
+            results.extend((0..done).map(|_| Ok(())));
+            if done < chunk.len() {
+                let (addr, buf) = &mut chunk[done];
+                results.push(self.read(*addr, buf));
+                done += 1;
+            }
+            start += done;
         }
         results
     }

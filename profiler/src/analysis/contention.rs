@@ -1,0 +1,850 @@
+//! Contention accounting over decoded probe events: for every contended wait (Mutex, RWMutex
+//! read/write, WaitGroup, Cond, semaphores, channel send/receive/select) the time from park to
+//! wake-up, the waiting site (first user frame above runtime/sync frames), the object, and the
+//! waker (the goroutine whose release readied the waiter, and the site of that release: for a
+//! contended lock, the holder that made everyone wait). Aggregated per (kind, waiting site), per
+//! (kind, waker site) and per object into histograms (count, total, max, p50/p90/p99).
+//!
+//! Pure: it consumes [`Obs`] records (built from kernel events by [`observe`]) and never touches
+//! the target. Windows where the governor detached a group are recorded as gaps: waits that
+//! straddle a gap are dropped (their start or end is unknown) and the window is marked partial.
+
+use std::collections::{BTreeMap, HashMap};
+
+use profiler_common::{Event, event_kind as kind};
+use serde::Serialize;
+
+use crate::probes::decode::EventDecoder;
+
+/// A source position; also the key of a site.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Frame {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+impl std::fmt::Display for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.file.is_empty() {
+            return f.write_str(&self.function);
+        }
+        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        write!(f, "{} {}:{}", self.function, file, self.line)
+    }
+}
+
+/// What a contended wait was on, from the runtime's own wait reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitKind {
+    Mutex,
+    RwmutexRead,
+    RwmutexWrite,
+    Waitgroup,
+    Cond,
+    Semaphore,
+    ChanRecv,
+    ChanSend,
+    Select,
+}
+
+impl WaitKind {
+    /// The contention kinds Go's block profile also counts; other parks (sleep, IO wait, GC,
+    /// nil-channel waits that never end) are not contention.
+    pub fn from_reason(reason: &str) -> Option<WaitKind> {
+        Some(match reason {
+            "sync.Mutex.Lock" => WaitKind::Mutex,
+            "sync.RWMutex.RLock" => WaitKind::RwmutexRead,
+            "sync.RWMutex.Lock" => WaitKind::RwmutexWrite,
+            "sync.WaitGroup.Wait" => WaitKind::Waitgroup,
+            "sync.Cond.Wait" => WaitKind::Cond,
+            "semacquire" => WaitKind::Semaphore,
+            "chan receive" => WaitKind::ChanRecv,
+            "chan send" => WaitKind::ChanSend,
+            "select" => WaitKind::Select,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitKind::Mutex => "mutex",
+            WaitKind::RwmutexRead => "rwmutex_read",
+            WaitKind::RwmutexWrite => "rwmutex_write",
+            WaitKind::Waitgroup => "waitgroup",
+            WaitKind::Cond => "cond",
+            WaitKind::Semaphore => "semaphore",
+            WaitKind::ChanRecv => "chan_recv",
+            WaitKind::ChanSend => "chan_send",
+            WaitKind::Select => "select",
+        }
+    }
+}
+
+/// What a goroutine announced it is about to block on (slow-path entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent {
+    /// Mutex lockSlow (object = the mutex).
+    Mutex,
+    /// RWMutex.Lock (object = the RWMutex).
+    RwWrite,
+    /// A reader blocks (object = the RWMutex).
+    RwRead,
+    /// semacquire1 (object = the semaphore).
+    Sema,
+}
+
+/// One observation, the part of a kernel event contention accounting uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// gopark with the runtime's wait-reason text; object = the channel for channel parks.
+    Park { reason: String, object: String },
+    /// runtime.ready: the observed goroutine (the waker, 0 = scheduler) readied `woken`.
+    Wake { woken: u64 },
+    Intent { intent: Intent, object: String },
+    /// The goroutine released something a waiter may be waiting for (unlock, semrelease,
+    /// channel operation, close).
+    Release { object: String },
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Obs {
+    pub ts_ns: u64,
+    pub goid: u64,
+    pub op: Op,
+    /// From the first user frame outward; empty when the event captured no user frame.
+    pub stack: Vec<Frame>,
+    /// Innermost frame of all (a runtime function when `stack` is empty).
+    pub innermost: Option<Frame>,
+}
+
+impl Obs {
+    fn site(&self) -> Option<&Frame> {
+        self.stack.first()
+    }
+}
+
+/// Kernel event → observation, symbolized by the target's decoder.
+pub fn observe(decoder: &dyn EventDecoder, e: &Event) -> Obs {
+    let decoded = decoder.decode(e);
+    let op = match e.kind {
+        kind::PARK => Op::Park {
+            reason: decoded.reason.clone().unwrap_or_default(),
+            object: decoded.object.clone(),
+        },
+        kind::WAKE => Op::Wake { woken: e.peer_goid },
+        kind::LOCK => Op::Intent {
+            intent: Intent::Mutex,
+            object: decoded.object.clone(),
+        },
+        kind::RWLOCK => Op::Intent {
+            intent: Intent::RwWrite,
+            object: decoded.object.clone(),
+        },
+        kind::RLOCK_WAIT => Op::Intent {
+            intent: Intent::RwRead,
+            object: decoded.object.clone(),
+        },
+        kind::SEM_ACQUIRE => Op::Intent {
+            intent: Intent::Sema,
+            object: decoded.object.clone(),
+        },
+        kind::UNLOCK
+        | kind::RWUNLOCK
+        | kind::RUNLOCK_SLOW
+        | kind::SEM_RELEASE
+        | kind::CHAN_SEND
+        | kind::CHAN_RECV
+        | kind::CHAN_CLOSE
+        | kind::SELECT => Op::Release {
+            object: decoded.object.clone(),
+        },
+        _ => Op::Other,
+    };
+    let (stack, innermost) = decoder.user_stack(&e.frames);
+    let conv = |l: crate::gobin::pclntab::SourceLine| Frame {
+        function: l.function,
+        file: l.file,
+        line: l.line,
+    };
+    Obs {
+        ts_ns: e.ts_ns,
+        goid: e.goid,
+        op,
+        stack: stack.into_iter().map(conv).collect(),
+        innermost: innermost.map(conv),
+    }
+}
+
+/// Log-linear histogram of nanoseconds: 16 sub-buckets per power of two, so a quantile is
+/// within 1/16 (6%) of the true value; exact count, total and max.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    buckets: BTreeMap<u32, u64>,
+}
+
+const SUB_BITS: u32 = 4;
+
+fn bucket_of(v: u64) -> u32 {
+    if v < (1 << SUB_BITS) {
+        return v as u32;
+    }
+    let exp = 63 - v.leading_zeros(); // >= SUB_BITS
+    let shift = exp - SUB_BITS;
+    let mantissa = ((v >> shift) as u32) & ((1 << SUB_BITS) - 1);
+    ((exp - SUB_BITS + 1) << SUB_BITS) | mantissa
+}
+
+/// Upper bound of a bucket.
+fn bucket_high(b: u32) -> u64 {
+    if b < (1 << SUB_BITS) {
+        return u64::from(b);
+    }
+    let exp = (b >> SUB_BITS) + SUB_BITS - 1;
+    let mantissa = u64::from(b & ((1 << SUB_BITS) - 1));
+    let shift = exp - SUB_BITS;
+    (((1u64 << SUB_BITS) | mantissa) << shift) + ((1u64 << shift) - 1)
+}
+
+impl Histogram {
+    pub fn record(&mut self, ns: u64) {
+        self.count += 1;
+        self.total_ns = self.total_ns.saturating_add(ns);
+        self.max_ns = self.max_ns.max(ns);
+        *self.buckets.entry(bucket_of(ns)).or_default() += 1;
+    }
+
+    /// The q-quantile (0..=1), as the upper bound of its bucket (never above max).
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (b, n) in &self.buckets {
+            seen += n;
+            if seen >= rank {
+                return bucket_high(*b).min(self.max_ns);
+            }
+        }
+        self.max_ns
+    }
+
+    pub fn summary(&self) -> HistSummary {
+        HistSummary {
+            count: self.count,
+            total_ns: self.total_ns,
+            max_ns: self.max_ns,
+            p50_ns: self.quantile(0.5),
+            p90_ns: self.quantile(0.9),
+            p99_ns: self.quantile(0.99),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistSummary {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+}
+
+/// One finished wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub kind: WaitKind,
+    pub goid: u64,
+    pub object: String,
+    pub start_ns: u64,
+    pub delay_ns: u64,
+    /// The waiting site and its callers (as far as captured).
+    pub stack: Vec<Frame>,
+    pub waker_goid: u64,
+    /// The waker's release site and its callers; empty when unknown.
+    pub waker_stack: Vec<Frame>,
+}
+
+/// A site key: the user frame, or a named placeholder when none was captured.
+fn site_of(stack: &[Frame], fallback: &str) -> Frame {
+    stack.first().cloned().unwrap_or_else(|| Frame {
+        function: fallback.to_string(),
+        file: String::new(),
+        line: 0,
+    })
+}
+
+pub const UNKNOWN_SITE: &str = "(unknown site)";
+pub const SCHEDULER_SITE: &str = "(scheduler: timer or netpoll)";
+
+#[derive(Clone, Debug)]
+struct Pending {
+    kind: WaitKind,
+    start_ns: u64,
+    object: String,
+    stack: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GState {
+    pending: Option<Pending>,
+    /// Latest slow-path intents: (object, stack) per intent kind.
+    intents: HashMap<u8, (String, Vec<Frame>)>,
+    /// Latest release in the current run slice: (ts, object, stack).
+    release: Option<(u64, Vec<Frame>)>,
+    /// When this goroutine was last readied: releases before it belong to an earlier slice.
+    woken_at: u64,
+}
+
+fn intent_slot(i: Intent) -> u8 {
+    match i {
+        Intent::Mutex => 0,
+        Intent::RwWrite => 1,
+        Intent::RwRead => 2,
+        Intent::Sema => 3,
+    }
+}
+
+/// A window in which a probe group was detached (accounting there is incomplete).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gap {
+    pub group: String,
+    pub from_ns: u64,
+    /// None while still detached.
+    pub to_ns: Option<u64>,
+}
+
+/// Aggregates per (kind, site).
+#[derive(Clone, Debug, Default)]
+pub struct SiteStats {
+    pub hist: Histogram,
+    /// Delay per waker/holder site (for the waiting view) or per waiting site (holder view).
+    pub peers: HashMap<Frame, u64>,
+    pub objects: HashMap<String, u64>,
+}
+
+/// The accountant: feed it observations in time order; read aggregates any time.
+#[derive(Debug, Default)]
+pub struct Accountant {
+    goroutines: HashMap<u64, GState>,
+    /// Finished waits, kept when `keep_waits` (pprof stacks need them).
+    pub waits: Vec<Wait>,
+    pub keep_waits: bool,
+    pub by_site: HashMap<(WaitKind, Frame), SiteStats>,
+    pub by_holder: HashMap<(WaitKind, Frame), SiteStats>,
+    pub by_object: HashMap<(WaitKind, String), SiteStats>,
+    pub total: Histogram,
+    /// Wakes of goroutines whose park we did not see (parked before attach or in a gap).
+    pub unmatched_wakes: u64,
+    pub gaps: Vec<Gap>,
+}
+
+impl Accountant {
+    pub fn new(keep_waits: bool) -> Self {
+        Accountant {
+            keep_waits,
+            ..Accountant::default()
+        }
+    }
+
+    pub fn feed(&mut self, o: &Obs) {
+        match &o.op {
+            Op::Park { reason, object } => {
+                let Some(kind) = WaitKind::from_reason(reason) else {
+                    // Not contention: forget any earlier wait of this goroutine.
+                    if let Some(g) = self.goroutines.get_mut(&o.goid) {
+                        g.pending = None;
+                    }
+                    return;
+                };
+                let g = self.goroutines.entry(o.goid).or_default();
+                let intent = match kind {
+                    WaitKind::Mutex => Some(Intent::Mutex),
+                    WaitKind::RwmutexWrite => Some(Intent::RwWrite),
+                    WaitKind::RwmutexRead => Some(Intent::RwRead),
+                    WaitKind::Waitgroup | WaitKind::Semaphore => Some(Intent::Sema),
+                    _ => None,
+                };
+                let from_intent = intent.and_then(|i| g.intents.get(&intent_slot(i)));
+                let object = match from_intent {
+                    Some((obj, _)) if !obj.is_empty() => obj.clone(),
+                    _ => object.clone(),
+                };
+                // The park's own frames name the site when they reach user code; else the
+                // slow-path entry's (closer to the caller).
+                let stack = if !o.stack.is_empty() {
+                    o.stack.clone()
+                } else if let Some((_, s)) = from_intent.filter(|(_, s)| !s.is_empty()) {
+                    s.clone()
+                } else {
+                    Vec::new()
+                };
+                g.pending = Some(Pending {
+                    kind,
+                    start_ns: o.ts_ns,
+                    object,
+                    stack,
+                });
+            }
+            Op::Intent { intent, object } => {
+                let g = self.goroutines.entry(o.goid).or_default();
+                g.intents
+                    .insert(intent_slot(*intent), (object.clone(), o.stack.clone()));
+            }
+            Op::Release { .. } => {
+                let g = self.goroutines.entry(o.goid).or_default();
+                if !o.stack.is_empty() {
+                    g.release = Some((o.ts_ns, o.stack.clone()));
+                }
+            }
+            Op::Wake { woken } => {
+                let waker_stack = if o.goid == 0 {
+                    Vec::new()
+                } else {
+                    let g = self.goroutines.entry(o.goid).or_default();
+                    match &g.release {
+                        Some((ts, stack)) if *ts >= g.woken_at => stack.clone(),
+                        _ => o.stack.clone(),
+                    }
+                };
+                let woken_state = self.goroutines.entry(*woken).or_default();
+                woken_state.woken_at = o.ts_ns;
+                let Some(p) = woken_state.pending.take() else {
+                    self.unmatched_wakes += 1;
+                    return;
+                };
+                let wait = Wait {
+                    kind: p.kind,
+                    goid: *woken,
+                    object: p.object,
+                    start_ns: p.start_ns,
+                    delay_ns: o.ts_ns.saturating_sub(p.start_ns),
+                    stack: p.stack,
+                    waker_goid: o.goid,
+                    waker_stack,
+                };
+                self.account(wait);
+            }
+            Op::Other => {}
+        }
+    }
+
+    fn account(&mut self, w: Wait) {
+        let site = site_of(&w.stack, UNKNOWN_SITE);
+        let holder = if w.waker_goid == 0 {
+            site_of(&[], SCHEDULER_SITE)
+        } else {
+            site_of(&w.waker_stack, UNKNOWN_SITE)
+        };
+        self.total.record(w.delay_ns);
+        let s = self.by_site.entry((w.kind, site.clone())).or_default();
+        s.hist.record(w.delay_ns);
+        *s.peers.entry(holder.clone()).or_default() += w.delay_ns;
+        *s.objects.entry(w.object.clone()).or_default() += w.delay_ns;
+        let h = self.by_holder.entry((w.kind, holder)).or_default();
+        h.hist.record(w.delay_ns);
+        *h.peers.entry(site.clone()).or_default() += w.delay_ns;
+        *h.objects.entry(w.object.clone()).or_default() += w.delay_ns;
+        let ob = self
+            .by_object
+            .entry((w.kind, w.object.clone()))
+            .or_default();
+        ob.hist.record(w.delay_ns);
+        *ob.peers.entry(site).or_default() += w.delay_ns;
+        if self.keep_waits {
+            self.waits.push(w);
+        }
+    }
+
+    /// A probe group went away at `ts_ns`: waits in flight can no longer be timed.
+    pub fn gap_start(&mut self, group: &str, ts_ns: u64) {
+        for g in self.goroutines.values_mut() {
+            g.pending = None;
+            g.release = None;
+        }
+        self.gaps.push(Gap {
+            group: group.to_string(),
+            from_ns: ts_ns,
+            to_ns: None,
+        });
+    }
+
+    pub fn gap_end(&mut self, group: &str, ts_ns: u64) {
+        if let Some(g) = self
+            .gaps
+            .iter_mut()
+            .rev()
+            .find(|g| g.group == group && g.to_ns.is_none())
+        {
+            g.to_ns = Some(ts_ns);
+        }
+    }
+
+    /// Goroutines parked in a contended wait right now: (kind, site) → (count, oldest start).
+    pub fn waiting_now(&self) -> BTreeMap<(WaitKind, Frame), (u64, u64)> {
+        let mut out: BTreeMap<(WaitKind, Frame), (u64, u64)> = BTreeMap::new();
+        for g in self.goroutines.values() {
+            if let Some(p) = &g.pending {
+                let e = out
+                    .entry((p.kind, site_of(&p.stack, UNKNOWN_SITE)))
+                    .or_insert((0, u64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(p.start_ns);
+            }
+        }
+        out
+    }
+
+    /// Start a new window (for `top`): aggregates reset, waits in flight kept.
+    pub fn reset_window(&mut self) {
+        self.waits.clear();
+        self.by_site.clear();
+        self.by_holder.clear();
+        self.by_object.clear();
+        self.total = Histogram::default();
+        self.unmatched_wakes = 0;
+        self.gaps.retain(|g| g.to_ns.is_none());
+    }
+
+    pub fn report(&self, top: usize) -> Report {
+        fn rows<K: Clone>(
+            map: &HashMap<(WaitKind, K), SiteStats>,
+            top: usize,
+            label: impl Fn(&K) -> String,
+        ) -> Vec<Row> {
+            let mut v: Vec<Row> = map
+                .iter()
+                .map(|((kind, key), s)| {
+                    let mut peers: Vec<(&Frame, &u64)> = s.peers.iter().collect();
+                    peers.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                    let mut objects: Vec<(&String, &u64)> = s.objects.iter().collect();
+                    objects.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                    Row {
+                        kind: *kind,
+                        key: label(key),
+                        stats: s.hist.summary(),
+                        peers: peers
+                            .into_iter()
+                            .take(3)
+                            .map(|(f, ns)| Peer {
+                                site: f.to_string(),
+                                function: f.function.clone(),
+                                delay_ns: *ns,
+                            })
+                            .collect(),
+                        objects: objects
+                            .into_iter()
+                            .take(3)
+                            .map(|(o, _)| o.clone())
+                            .collect(),
+                    }
+                })
+                .collect();
+            v.sort_by(|a, b| {
+                b.stats
+                    .total_ns
+                    .cmp(&a.stats.total_ns)
+                    .then(a.key.cmp(&b.key))
+            });
+            v.truncate(top);
+            v
+        }
+        Report {
+            total: self.total.summary(),
+            sites: rows(&self.by_site, top, |f: &Frame| f.to_string()),
+            holders: rows(&self.by_holder, top, |f: &Frame| f.to_string()),
+            objects: rows(&self.by_object, top, |o: &String| o.clone()),
+            unmatched_wakes: self.unmatched_wakes,
+            gaps: self.gaps.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Peer {
+    pub site: String,
+    pub function: String,
+    pub delay_ns: u64,
+}
+
+/// One aggregate line: a waiting site, a holder/waker site, or an object.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub kind: WaitKind,
+    /// "function file:line" for sites, the address for objects.
+    pub key: String,
+    #[serde(flatten)]
+    pub stats: HistSummary,
+    /// sites: top holder/waker sites; holders: top waiting sites; objects: top waiting sites.
+    pub peers: Vec<Peer>,
+    pub objects: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub total: HistSummary,
+    pub sites: Vec<Row>,
+    pub holders: Vec<Row>,
+    pub objects: Vec<Row>,
+    pub unmatched_wakes: u64,
+    /// Windows where a probe group was detached by the governor: totals there are partial.
+    pub gaps: Vec<Gap>,
+}
+
+pub fn fmt_ns(ns: u64) -> String {
+    let ns = ns as f64;
+    if ns >= 1e9 {
+        format!("{:.2}s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.2}ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.1}µs", ns / 1e3)
+    } else {
+        format!("{ns:.0}ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(f: &str, line: u32) -> Frame {
+        Frame {
+            function: f.into(),
+            file: "/src/app/main.go".into(),
+            line,
+        }
+    }
+
+    fn obs(ts: u64, goid: u64, op: Op, site: Option<Frame>) -> Obs {
+        Obs {
+            ts_ns: ts,
+            goid,
+            op,
+            stack: site.into_iter().collect(),
+            innermost: None,
+        }
+    }
+
+    fn park(ts: u64, g: u64, reason: &str, site: Option<Frame>) -> Obs {
+        obs(
+            ts,
+            g,
+            Op::Park {
+                reason: reason.into(),
+                object: "0xroot".into(),
+            },
+            site,
+        )
+    }
+
+    fn wake(ts: u64, waker: u64, woken: u64) -> Obs {
+        obs(ts, waker, Op::Wake { woken }, None)
+    }
+
+    #[test]
+    fn histogram_buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for v in [0u64, 1, 15, 16, 17, 31, 32, 1000, 123_456, 10_000_000_000] {
+            let b = bucket_of(v);
+            assert!(b >= last, "{v}");
+            last = b;
+            let hi = bucket_high(b);
+            assert!(hi >= v, "{v} above its bucket's bound {hi}");
+            assert!(hi as f64 <= v as f64 * (1.0 + 1.0 / 16.0) + 1.0, "{v}: {hi}");
+        }
+        let mut h = Histogram::default();
+        for v in 1..=1000u64 {
+            h.record(v * 1000);
+        }
+        assert_eq!(h.count, 1000);
+        assert_eq!(h.max_ns, 1_000_000);
+        assert_eq!(h.total_ns, 500_500_000);
+        let p50 = h.quantile(0.5) as f64;
+        assert!((p50 / 500_000.0 - 1.0).abs() < 0.07, "{p50}");
+        let p99 = h.quantile(0.99) as f64;
+        assert!((p99 / 990_000.0 - 1.0).abs() < 0.07, "{p99}");
+        assert_eq!(h.quantile(1.0), 1_000_000);
+    }
+
+    /// A holder takes a mutex; two waiters block in lockSlow; the holder's unlock wakes one,
+    /// whose unlock wakes the other.
+    #[test]
+    fn mutex_waits_are_charged_to_the_waiting_site_and_the_releasing_holder() {
+        let mut a = Accountant::new(true);
+        let wait_site = frame("main.post", 10);
+        let holder_site = frame("main.compact", 20);
+        let seq = vec![
+            obs(
+                100,
+                2,
+                Op::Intent {
+                    intent: Intent::Mutex,
+                    object: "0xmu".into(),
+                },
+                Some(wait_site.clone()),
+            ),
+            obs(
+                101,
+                2,
+                Op::Intent {
+                    intent: Intent::Sema,
+                    object: "0xmu4".into(),
+                },
+                Some(wait_site.clone()),
+            ),
+            park(102, 2, "sync.Mutex.Lock", None),
+            obs(
+                200,
+                3,
+                Op::Intent {
+                    intent: Intent::Mutex,
+                    object: "0xmu".into(),
+                },
+                Some(wait_site.clone()),
+            ),
+            park(202, 3, "sync.Mutex.Lock", Some(wait_site.clone())),
+            obs(
+                1000,
+                1,
+                Op::Release {
+                    object: "0xmu".into(),
+                },
+                Some(holder_site.clone()),
+            ),
+            wake(1002, 1, 2),
+            // g2 runs its critical section and unlocks: its release names main.post.
+            obs(
+                1500,
+                2,
+                Op::Release {
+                    object: "0xmu".into(),
+                },
+                Some(frame("main.post", 12)),
+            ),
+            wake(1502, 2, 3),
+        ];
+        for o in &seq {
+            a.feed(o);
+        }
+        assert_eq!(a.waits.len(), 2);
+        assert_eq!(a.waits[0].delay_ns, 900);
+        assert_eq!(a.waits[0].object, "0xmu");
+        assert_eq!(a.waits[0].waker_goid, 1);
+        assert_eq!(a.waits[1].delay_ns, 1300);
+        let r = a.report(10);
+        assert_eq!(r.sites.len(), 1);
+        assert_eq!(r.sites[0].kind, WaitKind::Mutex);
+        assert_eq!(r.sites[0].stats.count, 2);
+        assert_eq!(r.sites[0].stats.total_ns, 2200);
+        assert_eq!(r.sites[0].stats.max_ns, 1300);
+        assert!(r.sites[0].key.starts_with("main.post main.go:10"));
+        // Holders: compact caused 900, post (line 12) 1300.
+        assert_eq!(r.holders.len(), 2);
+        assert!(r.holders[0].key.starts_with("main.post main.go:12"));
+        assert_eq!(r.holders[0].stats.total_ns, 1300);
+        assert!(r.holders[1].key.starts_with("main.compact"));
+        assert_eq!(r.objects[0].key, "0xmu");
+        assert_eq!(r.objects[0].stats.total_ns, 2200);
+    }
+
+    #[test]
+    fn non_contention_parks_and_unmatched_wakes_are_not_counted() {
+        let mut a = Accountant::new(true);
+        a.feed(&park(10, 5, "sleep", Some(frame("main.tick", 1))));
+        a.feed(&wake(20, 0, 5));
+        // Parked before we attached: no start.
+        a.feed(&wake(30, 4, 6));
+        assert!(a.waits.is_empty());
+        assert_eq!(a.unmatched_wakes, 1);
+        // A contended wait replaced by a sleep park (e.g. a missed wake): dropped.
+        a.feed(&park(40, 7, "chan receive", Some(frame("main.loop", 3))));
+        a.feed(&park(50, 7, "sleep", None));
+        a.feed(&wake(60, 0, 7));
+        assert!(a.waits.is_empty());
+    }
+
+    #[test]
+    fn channel_waits_use_the_park_site_and_a_stale_release_is_not_the_waker_site() {
+        let mut a = Accountant::new(true);
+        // The producer released something long ago, then was woken (new run slice).
+        a.feed(&obs(
+            5,
+            9,
+            Op::Release {
+                object: "0xold".into(),
+            },
+            Some(frame("main.old", 1)),
+        ));
+        a.feed(&wake(8, 0, 9));
+        a.feed(&park(10, 8, "chan receive", Some(frame("main.consume", 30))));
+        let mut w = wake(110, 9, 8);
+        w.stack = vec![frame("main.produce", 40)];
+        a.feed(&w);
+        assert_eq!(a.waits.len(), 1);
+        assert_eq!(a.waits[0].kind, WaitKind::ChanRecv);
+        assert_eq!(a.waits[0].delay_ns, 100);
+        assert_eq!(a.waits[0].waker_stack, vec![frame("main.produce", 40)]);
+        assert_eq!(a.waits[0].object, "0xroot");
+    }
+
+    #[test]
+    fn a_gap_drops_waits_in_flight_and_is_reported() {
+        let mut a = Accountant::new(true);
+        a.feed(&park(10, 2, "sync.Mutex.Lock", Some(frame("main.a", 1))));
+        a.feed(&park(12, 3, "sync.Mutex.Lock", Some(frame("main.a", 1))));
+        assert_eq!(a.waiting_now().values().next(), Some(&(2, 10)));
+        a.gap_start("park", 20);
+        a.gap_end("park", 50);
+        a.feed(&wake(60, 1, 2));
+        assert!(a.waits.is_empty());
+        let r = a.report(5);
+        assert_eq!(
+            r.gaps,
+            vec![Gap {
+                group: "park".into(),
+                from_ns: 20,
+                to_ns: Some(50)
+            }]
+        );
+        assert_eq!(r.unmatched_wakes, 1);
+    }
+
+    #[test]
+    fn wake_by_the_scheduler_is_attributed_to_the_scheduler() {
+        let mut a = Accountant::new(false);
+        a.feed(&park(10, 2, "select", Some(frame("main.loop", 7))));
+        a.feed(&wake(510, 0, 2));
+        let r = a.report(5);
+        assert_eq!(r.holders[0].key, SCHEDULER_SITE);
+        assert_eq!(r.sites[0].peers[0].delay_ns, 500);
+        assert!(a.waits.is_empty(), "not kept");
+    }
+
+    #[test]
+    fn every_blocking_reason_maps_to_a_kind() {
+        for (r, k) in [
+            ("sync.Mutex.Lock", WaitKind::Mutex),
+            ("sync.RWMutex.RLock", WaitKind::RwmutexRead),
+            ("sync.RWMutex.Lock", WaitKind::RwmutexWrite),
+            ("sync.WaitGroup.Wait", WaitKind::Waitgroup),
+            ("sync.Cond.Wait", WaitKind::Cond),
+            ("semacquire", WaitKind::Semaphore),
+            ("chan receive", WaitKind::ChanRecv),
+            ("chan send", WaitKind::ChanSend),
+            ("select", WaitKind::Select),
+        ] {
+            assert_eq!(WaitKind::from_reason(r), Some(k));
+        }
+        for r in ["sleep", "IO wait", "chan receive (nil chan)", "select (no cases)"] {
+            assert_eq!(WaitKind::from_reason(r), None, "{r}");
+        }
+    }
+}

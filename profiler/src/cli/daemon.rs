@@ -1,0 +1,82 @@
+//! `parkscope daemon [--all | --pid N... | --exe-regex R | --cgroup PATH] [--listen ADDR]`
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use parkscope::daemon::discovery::Selector;
+use parkscope::daemon::{self, DaemonConfig};
+use parkscope::error::InspectError;
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Follow every Go process on the host.
+    #[arg(long)]
+    pub all: bool,
+    /// Follow these processes (repeatable).
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Follow Go processes whose executable path matches this regular expression.
+    #[arg(long)]
+    pub exe_regex: Option<String>,
+    /// Follow Go processes in this cgroup (a path prefix as in /proc/PID/cgroup).
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Address for /metrics and the API. Loopback by default; binding elsewhere exposes
+    /// goroutine stacks to that network.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Seconds between /proc rescans.
+    #[arg(long, default_value_t = 2.0)]
+    pub discovery_interval: f64,
+    /// Seconds between snapshots of each process (±10% jitter).
+    #[arg(long, default_value_t = 15.0)]
+    pub snapshot_interval: f64,
+    /// Most series per metric; the rest are folded into an `__overflow__` label.
+    #[arg(long, default_value_t = 2000)]
+    pub max_series: usize,
+}
+
+pub fn run(args: DaemonArgs) -> Result<i32, InspectError> {
+    let exe_pattern = args
+        .exe_regex
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| InspectError::io("--exe-regex", std::io::Error::other(e.to_string())))?;
+    if !args.all && args.pids.is_empty() && exe_pattern.is_none() && args.cgroup.is_none() {
+        return Err(InspectError::io(
+            "choose what to follow",
+            std::io::Error::other("pass --all, --pid, --exe-regex or --cgroup"),
+        ));
+    }
+    let seconds = |s: f64, what: &str| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            Err(InspectError::io(
+                what.to_string(),
+                std::io::Error::other("must be a positive number of seconds"),
+            ))
+        }
+    };
+    let config = DaemonConfig {
+        selector: Selector {
+            all: args.all,
+            pids: args.pids,
+            exe_pattern,
+            cgroup: args.cgroup,
+        },
+        listen: args.listen,
+        discovery_interval: seconds(args.discovery_interval, "--discovery-interval")?,
+        snapshot_interval: seconds(args.snapshot_interval, "--snapshot-interval")?,
+        max_series: args.max_series,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| InspectError::io("starting the async runtime", e))?;
+    runtime.block_on(daemon::run(config))?;
+    Ok(0)
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics, rebuilt from the daemon's current picture at every scrape, so a process
+//! that exits disappears from /metrics at once. Every metric is documented in docs/metrics.md.
+
+use std::collections::{BTreeMap, HashSet};
+
+use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::daemon::ProcessState;
+
+/// The label value that stands for every series past a metric's cardinality cap.
+pub const OVERFLOW: &str = "__overflow__";
+
+pub struct Metrics {
+    registry: Registry,
+    goroutines: IntGaugeVec,
+    process_info: IntGaugeVec,
+    scan_duration: GaugeVec,
+    unstable: IntGaugeVec,
+    processes: IntGaugeVec,
+    scans: IntCounterVec,
+    series_dropped: IntCounterVec,
+    max_series: usize,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
+}
+
+impl Metrics {
+    pub fn new(max_series: usize) -> Metrics {
+        let registry = Registry::new();
+        let goroutines = gauge_vec(
+            &registry,
+            "parkscope_goroutines",
+            "Goroutines by state (the wait reason for parked ones, as Go's dump prints it).",
+            &["pid", "executable", "container", "state"],
+        );
+        let process_info = gauge_vec(
+            &registry,
+            "parkscope_process_info",
+            "One series per followed Go process, always 1.",
+            &["pid", "ns_pid", "executable", "container", "go_version"],
+        );
+        let scan_duration = GaugeVec::new(
+            Opts::new(
+                "parkscope_scan_duration_seconds",
+                "Wall time of the last memory snapshot of the process.",
+            ),
+            &["pid", "executable"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(scan_duration.clone()))
+            .expect("unique metric");
+        let unstable = gauge_vec(
+            &registry,
+            "parkscope_unstable_goroutines",
+            "Goroutines that kept changing during the last snapshot (reported without stacks).",
+            &["pid", "executable"],
+        );
+        let processes = gauge_vec(
+            &registry,
+            "parkscope_processes",
+            "Followed Go processes, by whether the last snapshot succeeded.",
+            &["result"],
+        );
+        let scans = IntCounterVec::new(
+            Opts::new(
+                "parkscope_scans_total",
+                "Memory snapshots taken, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(scans.clone()))
+            .expect("unique metric");
+        let series_dropped = IntCounterVec::new(
+            Opts::new(
+                "parkscope_series_overflow_total",
+                "Series folded into the __overflow__ label because a metric hit its cardinality cap.",
+            ),
+            &["metric"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(series_dropped.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            goroutines,
+            process_info,
+            scan_duration,
+            unstable,
+            processes,
+            scans,
+            series_dropped,
+            max_series,
+        }
+    }
+
+    pub fn count_scan(&self, ok: bool) {
+        self.scans
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Prometheus text exposition of the current state of every followed process.
+    pub fn render(&self, processes: &[&ProcessState]) -> String {
+        self.goroutines.reset();
+        self.process_info.reset();
+        self.scan_duration.reset();
+        self.unstable.reset();
+        self.processes.reset();
+
+        let mut goroutine_series = CappedSeries::new(self.max_series);
+        for p in processes {
+            let pid = p.candidate.id.pid.to_string();
+            let container = p.candidate.container_id.clone().unwrap_or_default();
+            let ns_pid = p
+                .candidate
+                .ns_pid
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            self.process_info
+                .with_label_values(&[
+                    pid.as_str(),
+                    ns_pid.as_str(),
+                    p.candidate.exe.as_str(),
+                    container.as_str(),
+                    p.go_version.as_str(),
+                ])
+                .set(1);
+            let result = if p.last_error.is_some() {
+                "error"
+            } else {
+                "ok"
+            };
+            self.processes.with_label_values(&[result]).inc();
+            let Some(snapshot) = &p.snapshot else {
+                continue;
+            };
+            self.scan_duration
+                .with_label_values(&[pid.as_str(), p.candidate.exe.as_str()])
+                .set(p.scan_seconds);
+            self.unstable
+                .with_label_values(&[pid.as_str(), p.candidate.exe.as_str()])
+                .set(snapshot.skipped_unstable as i64);
+            let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
+            for g in &snapshot.goroutines {
+                let state = g
+                    .wait_reason
+                    .clone()
+                    .unwrap_or_else(|| g.status.as_str().to_string());
+                *by_state.entry(state).or_default() += 1;
+            }
+            for (state, count) in by_state {
+                let state = goroutine_series.admit(&[&pid, &state], &state);
+                self.goroutines
+                    .with_label_values(&[
+                        pid.as_str(),
+                        p.candidate.exe.as_str(),
+                        container.as_str(),
+                        state.as_str(),
+                    ])
+                    .add(count);
+            }
+        }
+        if goroutine_series.overflowed > 0 {
+            self.series_dropped
+                .with_label_values(&["parkscope_goroutines"])
+                .inc_by(goroutine_series.overflowed);
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Admits label sets up to a cap; past it, the variable label becomes `__overflow__`.
+pub struct CappedSeries {
+    seen: HashSet<String>,
+    cap: usize,
+    pub overflowed: u64,
+}
+
+impl CappedSeries {
+    pub fn new(cap: usize) -> CappedSeries {
+        CappedSeries {
+            seen: HashSet::new(),
+            cap,
+            overflowed: 0,
+        }
+    }
+
+    /// `key` identifies the series; returns the value to use for its variable label.
+    pub fn admit(&mut self, key: &[&str], value: &str) -> String {
+        let key = key.join("\u{1f}");
+        if self.seen.contains(&key) {
+            return value.to_string();
+        }
+        if self.seen.len() >= self.cap {
+            self.overflowed += 1;
+            return OVERFLOW.to_string();
+        }
+        self.seen.insert(key);
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_series_with_an_overflow_bucket() {
+        let mut capped = CappedSeries::new(2);
+        assert_eq!(capped.admit(&["1", "a"], "a"), "a");
+        assert_eq!(capped.admit(&["1", "b"], "b"), "b");
+        assert_eq!(capped.admit(&["1", "a"], "a"), "a");
+        assert_eq!(capped.admit(&["1", "c"], "c"), OVERFLOW);
+        assert_eq!(capped.overflowed, 1);
+    }
+}

@@ -1,0 +1,263 @@
+//! `parkscope daemon` end to end: it follows fixture processes as they start and exit, serves
+//! their snapshots and metrics, and its own memory stays bounded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parkscope_e2e::{RunningFixture, fixture, parkscope_bin};
+use serde_json::Value;
+
+struct Daemon {
+    child: Child,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Daemon {
+        let mut child = Command::new(parkscope_bin())
+            .arg("daemon")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--discovery-interval",
+                "0.2",
+                "--snapshot-interval",
+                "0.5",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the daemon");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("parkscope daemon listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Daemon { child, addr }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    }
+
+    fn processes(&self) -> Vec<Value> {
+        let (status, body) = self.get("/api/v1/processes");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Vec<Value>>(&body).unwrap()
+    }
+
+    /// Wait until `check` holds, or fail with `what`.
+    fn wait_until(&self, what: &str, mut check: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    fn has_snapshot_of(&self, pid: u32) -> bool {
+        self.processes()
+            .iter()
+            .any(|p| p["pid"] == pid && p["goroutines"].as_u64().is_some())
+    }
+
+    fn follows(&self, pid: u32) -> bool {
+        self.processes().iter().any(|p| p["pid"] == pid)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn stop(mut self) -> Option<i32> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within 5 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Value of a metric series whose labels contain all of `labels`.
+fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn daemon_follows_processes_as_they_come_and_go() {
+    let daemon = Daemon::start(&["--exe-regex", "/target/fixtures/1\\.26/plain/"]);
+    assert_eq!(daemon.get("/healthz").0, 200);
+    let (a, b, c) = (
+        fixture("abandoned_sender", "1.26", "plain"),
+        fixture("abba_deadlock", "1.26", "plain"),
+        fixture("idle_worker_pool", "1.26", "plain"),
+    );
+    let first = RunningFixture::start(&a.path);
+    daemon.wait_until("the first fixture is snapshotted", |d| {
+        d.has_snapshot_of(first.pid())
+    });
+    let second = RunningFixture::start(&b.path);
+    daemon.wait_until("the second fixture is snapshotted", |d| {
+        d.has_snapshot_of(second.pid())
+    });
+    assert_eq!(daemon.get("/readyz").0, 200);
+
+    // Its snapshot is the CLI's schema, and its metrics count what the fixture says.
+    let (status, body) = daemon.get(&format!("/api/v1/processes/{}/snapshot", first.pid()));
+    assert_eq!(status, 200);
+    let snap: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(snap["pid"], first.pid());
+    let leaked_senders = first
+        .truth
+        .goroutines
+        .iter()
+        .filter(|g| g.wait_reason == "chan send")
+        .count();
+    let pid_label = format!("pid=\"{}\"", first.pid());
+    let pid2 = format!("pid=\"{}\"", second.pid());
+    // The daemon may first have caught a fixture before its sync point: wait for a fresh scan.
+    daemon.wait_until("the metrics show both fixtures' blocked goroutines", |d| {
+        let (_, metrics) = d.get("/metrics");
+        metric(
+            &metrics,
+            "parkscope_goroutines",
+            &[&pid_label, "state=\"chan send\""],
+        ) == Some(leaked_senders as f64)
+            && metric(
+                &metrics,
+                "parkscope_goroutines",
+                &[&pid2, "state=\"sync.Mutex.Lock\""],
+            ) == Some(2.0)
+    });
+    let (_, metrics) = daemon.get("/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "parkscope_process_info",
+            &[&pid_label, "go_version=\"go1.26.8"]
+        ),
+        Some(1.0)
+    );
+    let (status, dot) = daemon.get(&format!("/api/v1/processes/{}/graph.dot", second.pid()));
+    assert_eq!(status, 200);
+    assert!(dot.starts_with("digraph"));
+
+    // The first leaves; a third arrives.
+    let first_pid = first.pid();
+    drop(first);
+    daemon.wait_until("the exited fixture is dropped", |d| !d.follows(first_pid));
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(
+        !metrics.contains(&pid_label),
+        "exited process still in /metrics"
+    );
+    let third = RunningFixture::start(&c.path);
+    daemon.wait_until("the third fixture is snapshotted", |d| {
+        d.has_snapshot_of(third.pid())
+    });
+    assert!(daemon.follows(second.pid()));
+    assert_eq!(
+        daemon
+            .get(&format!("/api/v1/processes/{first_pid}/snapshot"))
+            .0,
+        404
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[test]
+fn daemon_memory_stays_bounded_across_process_churn() {
+    let daemon = Daemon::start(&[
+        "--exe-regex",
+        "/target/fixtures/1\\.21/plain/idle_worker_pool$",
+    ]);
+    let binary = fixture("idle_worker_pool", "1.21", "plain");
+    let mut rss_after_warmup = 0;
+    for cycle in 0..100 {
+        let running = RunningFixture::start(&binary.path);
+        daemon.wait_until("the fixture is followed", |d| d.follows(running.pid()));
+        drop(running);
+        if cycle == 9 {
+            rss_after_warmup = daemon.rss_kib();
+        }
+    }
+    daemon.wait_until("no process is followed", |d| d.processes().is_empty());
+    let rss = daemon.rss_kib();
+    // Growth per cycle would show as megabytes over 90 cycles; allocator noise is far smaller.
+    assert!(
+        rss < rss_after_warmup + 8 * 1024,
+        "daemon RSS grew from {rss_after_warmup} KiB to {rss} KiB"
+    );
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[test]
+fn daemon_rejects_bad_input_and_keeps_serving() {
+    // Port in use: a clear error, nonzero exit.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = blocker.local_addr().unwrap().to_string();
+    let out = Command::new(parkscope_bin())
+        .args(["daemon", "--all", "--listen", &port])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&port),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad regular expression.
+    let out = Command::new(parkscope_bin())
+        .args(["daemon", "--exe-regex", "(unclosed"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--exe-regex"));
+
+    // A non-Go pid is not followed; a Go one next to it is.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let binary = fixture("timers", "1.26", "plain");
+    let go = RunningFixture::start(&binary.path);
+    let sleeper_pid = sleeper.id().to_string();
+    let go_pid = go.pid().to_string();
+    let daemon = Daemon::start(&["--pid", &sleeper_pid, "--pid", &go_pid]);
+    daemon.wait_until("the Go process is snapshotted", |d| {
+        d.has_snapshot_of(go.pid())
+    });
+    assert!(!daemon.follows(sleeper.id()));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(daemon.stop(), Some(0));
+}
