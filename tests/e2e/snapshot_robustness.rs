@@ -65,7 +65,10 @@ fn check_consistent(snap: &Value, ctx: &str) {
         for b in g["blocked_on"].as_array().into_iter().flatten() {
             let addr = b["addr"].as_str().expect("blocked_on addr");
             let o = by_addr.get(addr).unwrap_or_else(|| {
-                panic!("{ctx}: goroutine {} blocked on {addr}, not in objects[]", g["goid"])
+                panic!(
+                    "{ctx}: goroutine {} blocked on {addr}, not in objects[]",
+                    g["goid"]
+                )
             });
             assert_eq!(o["kind"], b["kind"], "{ctx}: kind of {addr}");
         }
@@ -101,8 +104,8 @@ fn hundred_snapshots_of_a_churning_program_never_fail_and_stay_consistent() {
             out.status.code(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let snap: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{ctx}: not JSON: {e}"));
+        let snap: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{ctx}: not JSON: {e}"));
         assert_eq!(snap["pid"], pid, "{ctx}");
         check_consistent(&snap, &ctx);
         let gs = snap["goroutines"].as_array().unwrap();
@@ -153,7 +156,10 @@ fn a_target_that_exits_mid_snapshot_gives_a_clean_error() {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert!(line.starts_with("PARKSCOPE_READY"), "bench_parked: {line:?}");
+        assert!(
+            line.starts_with("PARKSCOPE_READY"),
+            "bench_parked: {line:?}"
+        );
     }
     let pid = child.id();
     let bin = parkscope_bin();
@@ -204,7 +210,10 @@ fn a_target_that_exits_mid_snapshot_gives_a_clean_error() {
     }
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&out_dir);
-    assert!(killed_at.is_some(), "never got 3 good snapshots before the kill");
+    assert!(
+        killed_at.is_some(),
+        "never got 3 good snapshots before the kill"
+    );
     assert!(ok >= 3 && gone >= 1, "ok {ok}, gone {gone}");
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod bench_snapshot;
 mod cmd;
 mod demo;
+mod dist;
 mod fixtures;
 mod offsets;
 mod setup;
@@ -41,6 +42,8 @@ enum Task {
     Demo,
     /// Measure what each probe group costs a Go program (`probes`); results in target/bench.
     Bench { what: String },
+    /// Build one statically linked parkscope binary (eBPF object embedded) into target/dist.
+    Dist,
     /// Regenerate profiler/src/gobin/offsets/table.json from real Go toolchains' DWARF.
     Offsets {
         /// Go toolchains to read (e.g. go1.21.13); default: the newest patch of each release.
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Fixtures { releases } => fixtures::build(&releases).map(|_| ()),
         Task::Test { cargo_args } => test::run(&cargo_args),
         Task::Demo => demo::run(),
+        Task::Dist => dist::run(),
         Task::Bench { what } => bench::run(&what),
         Task::Offsets { releases, out } => offsets::run(&offsets::OffsetsArgs {
             releases,

@@ -16,6 +16,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const MIN_GO_MINOR: u32 = 21;
 
 pub fn run() -> anyhow::Result<()> {
+    ensure_test_tools()?;
     ensure_llvm()?;
     ensure_bpf_linker()?;
     ensure_go()?;
@@ -46,6 +47,27 @@ fn ensure_llvm() -> anyhow::Result<()> {
             .arg(format!("llvm-{LLVM_MAJOR}-dev"))
             .arg(format!("libpolly-{LLVM_MAJOR}-dev"))
             .args(["libzstd-dev", "zlib1g-dev"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Tools the end-to-end tests drive: Prometheus and promtool (deploy/ is checked with them),
+/// systemd-analyze (part of systemd).
+fn ensure_test_tools() -> anyhow::Result<()> {
+    if cmd::succeeds(Command::new("promtool").arg("--version")) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian's prometheus (promtool and a server for the deploy tests)");
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "prometheus",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

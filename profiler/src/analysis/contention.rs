@@ -99,13 +99,23 @@ pub enum Intent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// gopark with the runtime's wait-reason text; object = the channel for channel parks.
-    Park { reason: String, object: String },
+    Park {
+        reason: String,
+        object: String,
+    },
     /// runtime.ready: the observed goroutine (the waker, 0 = scheduler) readied `woken`.
-    Wake { woken: u64 },
-    Intent { intent: Intent, object: String },
+    Wake {
+        woken: u64,
+    },
+    Intent {
+        intent: Intent,
+        object: String,
+    },
     /// The goroutine released something a waiter may be waiting for (unlock, semrelease,
     /// channel operation, close).
-    Release { object: String },
+    Release {
+        object: String,
+    },
     Other,
 }
 
@@ -121,7 +131,7 @@ pub struct Obs {
 }
 
 impl Obs {
-    fn site(&self) -> Option<&Frame> {
+    pub fn site(&self) -> Option<&Frame> {
         self.stack.first()
     }
 }
@@ -282,6 +292,21 @@ fn site_of(stack: &[Frame], fallback: &str) -> Frame {
 }
 
 pub const UNKNOWN_SITE: &str = "(unknown site)";
+pub const UNKNOWN_CHANNEL_WAKER: &str = "(channel operation: the channels probe group names it)";
+
+/// The holder/waker site key of a wake: the release site, the scheduler, or why it is unknown
+/// (a channel waker's site comes from the channels group's events only: runtime.ready runs on
+/// the system stack, too deep below the user's frame for the event's few return addresses).
+pub fn waker_site(kind: WaitKind, waker_goid: u64, stack: &[Frame]) -> Frame {
+    if waker_goid == 0 {
+        return site_of(&[], SCHEDULER_SITE);
+    }
+    let unknown = match kind {
+        WaitKind::ChanRecv | WaitKind::ChanSend | WaitKind::Select => UNKNOWN_CHANNEL_WAKER,
+        _ => UNKNOWN_SITE,
+    };
+    site_of(stack, unknown)
+}
 pub const SCHEDULER_SITE: &str = "(scheduler: timer or netpoll)";
 
 #[derive(Clone, Debug)]
@@ -290,6 +315,23 @@ struct Pending {
     start_ns: u64,
     object: String,
     stack: Vec<Frame>,
+    /// Waiting before this was already charged to an earlier holder of the same object.
+    charged_until: u64,
+}
+
+/// Waiting time charged to the goroutine whose release ended it: each interval of a wait is
+/// charged to the release that ended the interval on that object (a release that woke another
+/// waiter of the same object ends an interval for every waiter of it), so a lock held long
+/// charges the whole queue's waiting to its holder, as Go's mutex profile does (Go ≥ 1.22).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub kind: WaitKind,
+    pub object: String,
+    pub waiting_site: Frame,
+    pub waker_goid: u64,
+    /// The release site and its callers; empty when unknown.
+    pub waker_stack: Vec<Frame>,
+    pub ns: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -337,6 +379,10 @@ pub struct Accountant {
     /// Finished waits, kept when `keep_waits` (pprof stacks need them).
     pub waits: Vec<Wait>,
     pub keep_waits: bool,
+    /// Holder charges, kept when `keep_waits`.
+    pub charges: Vec<Charge>,
+    /// object → goroutines with a pending wait on it.
+    waiters: HashMap<String, Vec<u64>>,
     pub by_site: HashMap<(WaitKind, Frame), SiteStats>,
     pub by_holder: HashMap<(WaitKind, Frame), SiteStats>,
     pub by_object: HashMap<(WaitKind, String), SiteStats>,
@@ -359,11 +405,10 @@ impl Accountant {
             Op::Park { reason, object } => {
                 let Some(kind) = WaitKind::from_reason(reason) else {
                     // Not contention: forget any earlier wait of this goroutine.
-                    if let Some(g) = self.goroutines.get_mut(&o.goid) {
-                        g.pending = None;
-                    }
+                    self.clear_pending(o.goid);
                     return;
                 };
+                self.clear_pending(o.goid);
                 let g = self.goroutines.entry(o.goid).or_default();
                 let intent = match kind {
                     WaitKind::Mutex => Some(Intent::Mutex),
@@ -386,11 +431,15 @@ impl Accountant {
                 } else {
                     Vec::new()
                 };
+                if !object.is_empty() {
+                    self.waiters.entry(object.clone()).or_default().push(o.goid);
+                }
                 g.pending = Some(Pending {
                     kind,
                     start_ns: o.ts_ns,
                     object,
                     stack,
+                    charged_until: o.ts_ns,
                 });
             }
             Op::Intent { intent, object } => {
@@ -416,8 +465,45 @@ impl Accountant {
                 };
                 let woken_state = self.goroutines.entry(*woken).or_default();
                 woken_state.woken_at = o.ts_ns;
-                let Some(p) = woken_state.pending.take() else {
+                let Some(object) = woken_state.pending.as_ref().map(|p| p.object.clone()) else {
                     self.unmatched_wakes += 1;
+                    return;
+                };
+                // Every waiter of the object waited through the interval this release ended.
+                let mut queue = if object.is_empty() {
+                    vec![*woken]
+                } else {
+                    self.waiters.get(&object).cloned().unwrap_or_default()
+                };
+                if !queue.contains(woken) {
+                    queue.push(*woken);
+                }
+                for goid in queue {
+                    let Some(q) = self
+                        .goroutines
+                        .get_mut(&goid)
+                        .and_then(|g| g.pending.as_mut())
+                    else {
+                        continue;
+                    };
+                    let ns = o.ts_ns.saturating_sub(q.charged_until);
+                    q.charged_until = o.ts_ns;
+                    let charge = Charge {
+                        kind: q.kind,
+                        object: q.object.clone(),
+                        waiting_site: site_of(&q.stack, UNKNOWN_SITE),
+                        waker_goid: o.goid,
+                        waker_stack: waker_stack.clone(),
+                        ns,
+                    };
+                    self.charge(charge);
+                }
+                self.clear_pending_keep(*woken);
+                let Some(p) = self
+                    .goroutines
+                    .get_mut(woken)
+                    .and_then(|g| g.pending.take())
+                else {
                     return;
                 };
                 let wait = Wait {
@@ -438,20 +524,13 @@ impl Accountant {
 
     fn account(&mut self, w: Wait) {
         let site = site_of(&w.stack, UNKNOWN_SITE);
-        let holder = if w.waker_goid == 0 {
-            site_of(&[], SCHEDULER_SITE)
-        } else {
-            site_of(&w.waker_stack, UNKNOWN_SITE)
-        };
+        let holder = waker_site(w.kind, w.waker_goid, &w.waker_stack);
         self.total.record(w.delay_ns);
         let s = self.by_site.entry((w.kind, site.clone())).or_default();
         s.hist.record(w.delay_ns);
         *s.peers.entry(holder.clone()).or_default() += w.delay_ns;
         *s.objects.entry(w.object.clone()).or_default() += w.delay_ns;
-        let h = self.by_holder.entry((w.kind, holder)).or_default();
-        h.hist.record(w.delay_ns);
-        *h.peers.entry(site.clone()).or_default() += w.delay_ns;
-        *h.objects.entry(w.object.clone()).or_default() += w.delay_ns;
+        let _ = holder;
         let ob = self
             .by_object
             .entry((w.kind, w.object.clone()))
@@ -463,11 +542,50 @@ impl Accountant {
         }
     }
 
+    fn charge(&mut self, c: Charge) {
+        let holder = waker_site(c.kind, c.waker_goid, &c.waker_stack);
+        let h = self.by_holder.entry((c.kind, holder)).or_default();
+        h.hist.record(c.ns);
+        *h.peers.entry(c.waiting_site.clone()).or_default() += c.ns;
+        *h.objects.entry(c.object.clone()).or_default() += c.ns;
+        if self.keep_waits {
+            self.charges.push(c);
+        }
+    }
+
+    /// Remove a goroutine from the waiters index (its pending wait stays).
+    fn clear_pending_keep(&mut self, goid: u64) {
+        let Some(object) = self
+            .goroutines
+            .get(&goid)
+            .and_then(|g| g.pending.as_ref())
+            .map(|p| p.object.clone())
+        else {
+            return;
+        };
+        if let Some(list) = self.waiters.get_mut(&object) {
+            list.retain(|g| *g != goid);
+            if list.is_empty() {
+                self.waiters.remove(&object);
+            }
+        }
+    }
+
+    fn clear_pending(&mut self, goid: u64) {
+        self.clear_pending_keep(goid);
+        if let Some(g) = self.goroutines.get_mut(&goid) {
+            g.pending = None;
+        }
+    }
+
     /// A probe group went away at `ts_ns`: waits in flight can no longer be timed.
     pub fn gap_start(&mut self, group: &str, ts_ns: u64) {
-        for g in self.goroutines.values_mut() {
-            g.pending = None;
-            g.release = None;
+        if group == "park" {
+            self.waiters.clear();
+            for g in self.goroutines.values_mut() {
+                g.pending = None;
+                g.release = None;
+            }
         }
         self.gaps.push(Gap {
             group: group.to_string(),
@@ -505,6 +623,7 @@ impl Accountant {
     /// Start a new window (for `top`): aggregates reset, waits in flight kept.
     pub fn reset_window(&mut self) {
         self.waits.clear();
+        self.charges.clear();
         self.by_site.clear();
         self.by_holder.clear();
         self.by_object.clear();
@@ -658,7 +777,10 @@ mod tests {
             last = b;
             let hi = bucket_high(b);
             assert!(hi >= v, "{v} above its bucket's bound {hi}");
-            assert!(hi as f64 <= v as f64 * (1.0 + 1.0 / 16.0) + 1.0, "{v}: {hi}");
+            assert!(
+                hi as f64 <= v as f64 * (1.0 + 1.0 / 16.0) + 1.0,
+                "{v}: {hi}"
+            );
         }
         let mut h = Histogram::default();
         for v in 1..=1000u64 {
@@ -746,11 +868,17 @@ mod tests {
         assert_eq!(r.sites[0].stats.total_ns, 2200);
         assert_eq!(r.sites[0].stats.max_ns, 1300);
         assert!(r.sites[0].key.starts_with("main.post main.go:10"));
-        // Holders: compact caused 900, post (line 12) 1300.
+        // Holders: compact held the lock while both waited (900 + 800); post (line 12) only
+        // while g3 waited after compact's release (500).
         assert_eq!(r.holders.len(), 2);
-        assert!(r.holders[0].key.starts_with("main.post main.go:12"));
-        assert_eq!(r.holders[0].stats.total_ns, 1300);
-        assert!(r.holders[1].key.starts_with("main.compact"));
+        assert!(r.holders[0].key.starts_with("main.compact"));
+        assert_eq!(r.holders[0].stats.total_ns, 1700);
+        assert_eq!(r.holders[0].stats.count, 2);
+        assert!(r.holders[1].key.starts_with("main.post main.go:12"));
+        assert_eq!(r.holders[1].stats.total_ns, 500);
+        assert_eq!(a.charges.len(), 3);
+        let charged: u64 = a.charges.iter().map(|c| c.ns).sum();
+        assert_eq!(charged, 2200, "every waited ns charged once");
         assert_eq!(r.objects[0].key, "0xmu");
         assert_eq!(r.objects[0].stats.total_ns, 2200);
     }
@@ -784,7 +912,12 @@ mod tests {
             Some(frame("main.old", 1)),
         ));
         a.feed(&wake(8, 0, 9));
-        a.feed(&park(10, 8, "chan receive", Some(frame("main.consume", 30))));
+        a.feed(&park(
+            10,
+            8,
+            "chan receive",
+            Some(frame("main.consume", 30)),
+        ));
         let mut w = wake(110, 9, 8);
         w.stack = vec![frame("main.produce", 40)];
         a.feed(&w);
@@ -843,7 +976,12 @@ mod tests {
         ] {
             assert_eq!(WaitKind::from_reason(r), Some(k));
         }
-        for r in ["sleep", "IO wait", "chan receive (nil chan)", "select (no cases)"] {
+        for r in [
+            "sleep",
+            "IO wait",
+            "chan receive (nil chan)",
+            "select (no cases)",
+        ] {
             assert_eq!(WaitKind::from_reason(r), None, "{r}");
         }
     }

@@ -48,6 +48,7 @@ pub struct LeakTarget<'t, 'd> {
     g_pointer_fields: Vec<Field>,
     g_defer: Option<Field>,
     g_panic: Option<Field>,
+    g_syscallsp: Option<Field>,
     g_size: usize,
     /// Scan parked goroutines' stacks with the compiler's stack maps (else conservatively).
     pub precise_stacks: bool,
@@ -95,6 +96,7 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
         Ok(LeakTarget {
             g_defer: field("g._defer"),
             g_panic: field("g._panic"),
+            g_syscallsp: field("g.syscallsp"),
             precise_stacks: true,
             stacks: StackScanner::new(binary, bias),
             target,
@@ -400,7 +402,7 @@ fn scan_goroutine(
             }
         }
     }
-    if lt.precise_stacks && g.status.is_parked() {
+    if lt.precise_stacks && (g.status.is_parked() || g.status == Status::Runnable) {
         let mut words = Vec::new();
         let before = stack_stats.fallbacks;
         lt.stacks.live_words(
@@ -421,9 +423,13 @@ fn scan_goroutine(
         }
     }
     // Registers of a running goroutine are invisible and its saved SP is stale: scan the whole
-    // stack. A parked (or runnable, preempted) one saved its SP: nothing below it is live.
+    // stack. A parked (or runnable, preempted) one saved its SP, one in a system call its
+    // syscallsp: nothing below those is live (stale frames of earlier calls live there).
+    let syscallsp = field(lt.g_syscallsp);
     let lo = if g.status.is_parked() || g.status == Status::Runnable {
         raw.sched_sp.clamp(raw.stack_lo, raw.stack_hi)
+    } else if g.status == Status::Syscall && syscallsp > raw.stack_lo && syscallsp < raw.stack_hi {
+        syscallsp
     } else {
         raw.stack_lo
     };

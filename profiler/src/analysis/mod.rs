@@ -1,6 +1,6 @@
 //! Analysis over what the memory reader saw: reachability (the leak proof) and verdicts.
 
+pub mod contention;
 pub mod leaks;
 pub mod reach;
 pub mod stackscan;
-pub mod contention;

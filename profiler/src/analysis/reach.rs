@@ -45,13 +45,15 @@ pub struct Marker<'h, 'm> {
     pub root: &'static str,
     pub root_id: i64,
     current: Option<u64>,
+    word_addr: u64,
 }
 
 /// What marked an object: another object, or a root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     Object(u64),
-    Root(&'static str, i64),
+    /// Root kind, goid (0 for globals), address of the word that pointed here.
+    Root(&'static str, i64, u64),
 }
 
 impl<'h, 'm> Marker<'h, 'm> {
@@ -67,6 +69,7 @@ impl<'h, 'm> Marker<'h, 'm> {
             root: "globals",
             root_id: 0,
             current: None,
+            word_addr: 0,
         }
     }
 
@@ -84,7 +87,7 @@ impl<'h, 'm> Marker<'h, 'm> {
         self.stats.objects_marked += 1;
         let origin = match self.current {
             Some(parent) => Origin::Object(parent),
-            None => Origin::Root(self.root, self.root_id),
+            None => Origin::Root(self.root, self.root_id, self.word_addr),
         };
         self.parent.insert(object.base, origin);
         if !object.span.noscan && !self.skip.contains(&object.base) {
@@ -92,9 +95,10 @@ impl<'h, 'm> Marker<'h, 'm> {
         }
     }
 
-    fn scan_bytes(&mut self, bytes: &[u8]) {
+    fn scan_bytes(&mut self, bytes: &[u8], base: u64) {
         self.stats.bytes_scanned += bytes.len() as u64;
-        for word in bytes.chunks_exact(8) {
+        for (i, word) in bytes.chunks_exact(8).enumerate() {
+            self.word_addr = base + 8 * i as u64;
             self.mark_word(u64::from_le_bytes(word.try_into().unwrap()));
         }
     }
@@ -106,7 +110,7 @@ impl<'h, 'm> Marker<'h, 'm> {
         while at < hi {
             let len = (hi - at).min(CHUNK);
             match self.mem.read_vec(at, len as usize) {
-                Ok(bytes) => self.scan_bytes(&bytes),
+                Ok(bytes) => self.scan_bytes(&bytes, at),
                 Err(_) => self.stats.unreadable += 1,
             }
             at += len;
@@ -143,7 +147,7 @@ impl<'h, 'm> Marker<'h, 'm> {
             for ((buffer, result), &(addr, _)) in buffers.iter().zip(results).zip(&pieces) {
                 self.current = self.heap.object_of(addr).map(|o| o.base);
                 match result {
-                    Ok(()) => self.scan_bytes(buffer),
+                    Ok(()) => self.scan_bytes(buffer, addr),
                     Err(_) => self.stats.unreadable += 1,
                 }
             }
@@ -172,8 +176,8 @@ impl<'h, 'm> Marker<'h, 'm> {
                     out.push(format!("{at:#x} <- object {p:#x}"));
                     at = *p;
                 }
-                Some(Origin::Root(r, id)) => {
-                    out.push(format!("{at:#x} <- root {r} {id}"));
+                Some(Origin::Root(r, id, word)) => {
+                    out.push(format!("{at:#x} <- root {r} {id} word at {word:#x}"));
                     break;
                 }
                 None => break,

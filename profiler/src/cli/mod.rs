@@ -3,7 +3,9 @@
 mod daemon;
 mod inspect;
 mod leaks;
+mod profile;
 mod snapshot;
+mod top;
 mod trace;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +51,15 @@ pub enum Command {
     /// parks and wake-ups, channel operations, contended locks; under a CPU budget.
     #[command(after_help = exit_code::HELP)]
     Trace(trace::TraceArgs),
+    /// Contention profile over a window: wait time per contended wait (mutex, rwmutex,
+    /// waitgroup, cond, channels) by waiting site, holder/waker site and object; pprof (Go's
+    /// mutex/block conventions, plus a holder-site file), JSON or text.
+    #[command(after_help = exit_code::HELP)]
+    Profile(profile::ProfileArgs),
+    /// Live contention view, refreshed every second: top waiting sites, objects, holder sites,
+    /// waiters now, governor state. q or Ctrl-C quits.
+    #[command(after_help = exit_code::HELP)]
+    Top(top::TopArgs),
     /// Follow Go processes as they come and go; serve Prometheus metrics (/metrics) and the
     /// snapshot API over HTTP.
     #[command(after_help = exit_code::HELP)]
@@ -61,6 +72,8 @@ pub fn run(cli: Cli) -> Result<i32, InspectError> {
         Command::Snapshot(args) => snapshot::run(args),
         Command::Leaks(args) => leaks::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Profile(args) => profile::run(args),
+        Command::Top(args) => top::run(args),
         Command::Daemon(args) => daemon::run(args),
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::goruntime::globals::SEMTABLE_SIZE;
-use crate::goruntime::goroutines::{RawSudog, read_sudog};
+use crate::goruntime::goroutines::{AddrMap, RawSudog, read_sudog};
 use crate::goruntime::layout::{HchanLayout, SemaRootLayout, SudogLayout};
 use crate::model::{ChanState, ObjectKind, Op};
 use crate::remote::memory::Memory;
@@ -27,7 +27,7 @@ pub fn read_channel(
     sudog: &SudogLayout,
     addr: u64,
 ) -> Option<RawChannel> {
-    read_channel_with(mem, hchan, sudog, addr, &HashMap::new())
+    read_channel_with(mem, hchan, sudog, addr, &AddrMap::default())
 }
 
 /// [`read_channel`], taking queue entries from `fresh` (sudogs just read in one batch, by
@@ -38,7 +38,7 @@ pub fn read_channel_with(
     hchan: &HchanLayout,
     sudog: &SudogLayout,
     addr: u64,
-    fresh: &HashMap<u64, RawSudog>,
+    fresh: &AddrMap<u64, RawSudog>,
 ) -> Option<RawChannel> {
     let record = mem.read_vec(addr, hchan.size).ok()?;
     let state = ChanState {
@@ -63,7 +63,7 @@ fn queue(
     mem: &dyn Memory,
     layout: &SudogLayout,
     first: u64,
-    fresh: &HashMap<u64, RawSudog>,
+    fresh: &AddrMap<u64, RawSudog>,
 ) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut next = first;

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use crate::error::InspectError;
 use crate::gobin::GoBinary;
 use crate::goruntime::globals::{self, Globals};
-use crate::goruntime::goroutines::{self, RawG, RawSudog};
+use crate::goruntime::goroutines::{self, AddrMap, RawG, RawSudog};
 use crate::goruntime::layout::Layout;
 use crate::goruntime::objects::{self, RawChannel};
 use crate::goruntime::stack;
@@ -206,13 +206,13 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
 
     // The channels' wait queues link the sudogs we just saw in the goroutines' waiting chains:
     // read them again in one batch, so a long queue is not walked one read at a time.
-    let fresh: HashMap<u64, RawSudog> = goroutines::read_sudogs(mem, &layout.sudog, &queued_sudogs)
+    let fresh: AddrMap<u64, RawSudog> = goroutines::read_sudogs(mem, &layout.sudog, &queued_sudogs)
         .into_iter()
         .flatten()
         .map(|s| (s.addr, s))
         .collect();
 
-    let goid_of: HashMap<u64, i64> = goroutines_out.iter().map(|g| (g.g_addr, g.goid)).collect();
+    let goid_of: AddrMap<u64, i64> = goroutines_out.iter().map(|g| (g.g_addr, g.goid)).collect();
     let goids = |addrs: &mut dyn Iterator<Item = u64>| -> Vec<i64> {
         let mut v: Vec<i64> = addrs.filter_map(|a| goid_of.get(&a).copied()).collect();
         v.sort_unstable();
@@ -242,7 +242,7 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
     }
 
     // A select case's direction is known once we saw which queue holds the goroutine.
-    let object_at: HashMap<u64, usize> = objects_out
+    let object_at: AddrMap<u64, usize> = objects_out
         .iter()
         .enumerate()
         .map(|(i, o)| (o.addr, i))

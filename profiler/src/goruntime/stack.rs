@@ -1,10 +1,8 @@
 //! Frame-pointer unwinding of a parked goroutine from its saved registers, and symbolization of
 //! the program counters through pclntab (with inlined frames).
 
-use std::collections::HashMap;
-
 use crate::gobin::pclntab::Pclntab;
-use crate::goruntime::goroutines::RawG;
+use crate::goruntime::goroutines::{AddrMap, RawG};
 use crate::model::{Frame, Location};
 use crate::remote::memory::Memory;
 
@@ -193,9 +191,9 @@ pub struct Symbolizer<'a, 'data> {
     pclntab: &'a Pclntab<'data>,
     load_bias: u64,
     wrapper_func_id: Option<u8>,
-    frames: HashMap<(u64, bool), Vec<Frame>>,
-    locations: HashMap<u64, Option<Location>>,
-    creation_sites: HashMap<u64, Option<Location>>,
+    frames: AddrMap<(u64, bool), Vec<Frame>>,
+    locations: AddrMap<u64, Option<Location>>,
+    creation_sites: AddrMap<u64, Option<Location>>,
 }
 
 impl<'a, 'data> Symbolizer<'a, 'data> {
@@ -208,9 +206,9 @@ impl<'a, 'data> Symbolizer<'a, 'data> {
             pclntab,
             load_bias,
             wrapper_func_id,
-            frames: HashMap::new(),
-            locations: HashMap::new(),
-            creation_sites: HashMap::new(),
+            frames: AddrMap::default(),
+            locations: AddrMap::default(),
+            creation_sites: AddrMap::default(),
         }
     }
 

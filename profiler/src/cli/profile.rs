@@ -1,0 +1,367 @@
+//! `parkscope profile --pid N --duration 30s [-o contention.pb.gz] [--format pprof|json|text]`:
+//! contention over a window, from the park/wake and lock probes. pprof output follows Go's
+//! mutex/block profile conventions (contentions/count, delay/nanoseconds, stacks of the waiting
+//! site); a second file (`<name>.holders.pb.gz`) charges the same delay to the holder/waker
+//! sites, like Go's mutex profile charges it to the Unlock.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use parkscope::analysis::contention::{self, Accountant, Frame, Report, fmt_ns};
+use parkscope::error::InspectError;
+use parkscope::output::pprof::{StackSample, render_contention};
+use parkscope::probes::governor::Action;
+use parkscope::probes::session::{self, Summary};
+use parkscope::probes::{self, Output, ProbeGroup, TraceOptions};
+use serde::Serialize;
+
+use super::trace::parse_duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Pprof,
+    Json,
+    Text,
+}
+
+/// Options shared by `profile` and `top`.
+#[derive(Args, Clone)]
+pub struct ProbeArgs {
+    /// Probe groups (park is required; locks names lock sites and holders; channels names the
+    /// waker site of channel operations, at a higher probe rate).
+    #[arg(long, default_value = "park,locks", value_parser = parse_probe_list)]
+    pub probes: ProbeList,
+    /// CPU the probes may cost the target, in percent of one core; a group over it is
+    /// detached for a back-off period and the output marks that window partial.
+    #[arg(long, default_value_t = 1.0)]
+    pub budget_percent: f64,
+    /// First back-off after the governor detaches a group (doubles on repeat).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub backoff: Duration,
+    /// Skip measuring the per-hit uprobe cost at startup (use the documented default).
+    #[arg(long)]
+    pub no_calibrate: bool,
+}
+
+#[derive(Clone)]
+pub struct ProbeList(pub Vec<ProbeGroup>);
+
+fn parse_probe_list(s: &str) -> Result<ProbeList, String> {
+    let groups = probes::parse_groups(s)?;
+    if !groups.contains(&ProbeGroup::Park) {
+        return Err("contention accounting needs the park group (park,locks)".into());
+    }
+    Ok(ProbeList(groups))
+}
+
+impl ProbeArgs {
+    pub fn options(&self, pid: u32) -> Result<TraceOptions, InspectError> {
+        if !(self.budget_percent > 0.0 && self.budget_percent <= 100.0) {
+            return Err(InspectError::io(
+                "--budget-percent",
+                std::io::Error::other("must be in (0, 100]"),
+            ));
+        }
+        let mut opts = TraceOptions::new(pid, self.probes.0.clone());
+        opts.budget = self.budget_percent / 100.0;
+        opts.backoff = self.backoff;
+        opts.calibrate = !self.no_calibrate;
+        opts.raw = true;
+        Ok(opts)
+    }
+}
+
+#[derive(Args)]
+pub struct ProfileArgs {
+    /// Process to profile.
+    #[arg(long)]
+    pub pid: u32,
+    /// How long to collect (e.g. 30s, 500ms, 2m); Ctrl-C ends early and still writes.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// Output file (pprof: default contention.pb.gz; json/text: default stdout).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "pprof")]
+    pub format: Format,
+    /// Rows per table in text and JSON.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    #[command(flatten)]
+    pub probe: ProbeArgs,
+}
+
+/// Feed one session output into the accountant; notices go to stderr. Shared with `top`.
+pub fn account(acc: &mut Accountant, item: &Output<'_>, quiet: bool) {
+    match item {
+        Output::Raw { event, decoder } => {
+            acc.feed(&contention::observe(*decoder, event));
+        }
+        Output::Notice(n) => {
+            if !quiet {
+                eprintln!("parkscope: {}", n.message);
+            }
+            match &n.action {
+                Some(Action::Detach { group, .. }) => acc.gap_start(group.name(), n.ts_ns),
+                Some(Action::Reattach { group }) => acc.gap_end(group.name(), n.ts_ns),
+                None => {}
+            }
+        }
+        Output::Event(_) | Output::Tick { .. } => {}
+    }
+}
+
+/// Gaps as human text, relative to the session start.
+pub fn gap_lines(report: &Report, start_ns: u64) -> Vec<String> {
+    report
+        .gaps
+        .iter()
+        .map(|g| {
+            let from = g.from_ns.saturating_sub(start_ns) as f64 / 1e9;
+            match g.to_ns {
+                Some(to) => format!(
+                    "partial window: probe group {} detached by the governor from {from:.1}s to \
+                     {:.1}s",
+                    g.group,
+                    to.saturating_sub(start_ns) as f64 / 1e9
+                ),
+                None => format!(
+                    "partial window: probe group {} detached by the governor from {from:.1}s to \
+                     the end",
+                    g.group
+                ),
+            }
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    pid: u32,
+    elapsed_s: f64,
+    end: String,
+    partial: bool,
+    partial_windows: Vec<String>,
+    events: u64,
+    drops: u64,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+fn frames_of(stack: &[Frame], fallback: &str) -> Vec<(String, String, u32)> {
+    if stack.is_empty() {
+        return vec![(fallback.to_string(), String::new(), 0)];
+    }
+    stack
+        .iter()
+        .map(|f| (f.function.clone(), f.file.clone(), f.line))
+        .collect()
+}
+
+/// pprof samples keyed by (kind, stack): waiting stacks (one per finished wait) or holder
+/// stacks (one per charged interval).
+fn samples(acc: &Accountant, holders: bool) -> Vec<StackSample> {
+    let mut agg: HashMap<(&'static str, Vec<(String, String, u32)>), (i64, i64)> = HashMap::new();
+    let mut add = |kind: &'static str, frames, ns: u64| {
+        let e = agg.entry((kind, frames)).or_default();
+        e.0 += 1;
+        e.1 += ns as i64;
+    };
+    if holders {
+        for c in &acc.charges {
+            let frames = if c.waker_stack.is_empty() {
+                let f = contention::waker_site(c.kind, c.waker_goid, &[]);
+                frames_of(&[], &f.function)
+            } else {
+                frames_of(&c.waker_stack, contention::UNKNOWN_SITE)
+            };
+            add(c.kind.name(), frames, c.ns);
+        }
+    } else {
+        for w in &acc.waits {
+            add(
+                w.kind.name(),
+                frames_of(&w.stack, contention::UNKNOWN_SITE),
+                w.delay_ns,
+            );
+        }
+    }
+    let mut out: Vec<StackSample> = agg
+        .into_iter()
+        .map(|((kind, frames), (n, d))| StackSample {
+            frames,
+            contentions: n,
+            delay_ns: d,
+            labels: vec![("kind".into(), kind.into())],
+        })
+        .collect();
+    out.sort_by(|a, b| b.delay_ns.cmp(&a.delay_ns).then(a.frames.cmp(&b.frames)));
+    out
+}
+
+fn holders_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "contention.pb.gz".into());
+    let holders = match name.find('.') {
+        Some(i) => format!("{}.holders{}", &name[..i], &name[i..]),
+        None => format!("{name}.holders"),
+    };
+    path.with_file_name(holders)
+}
+
+pub fn render_text(report: &Report, partial: &[String]) -> String {
+    let mut s = String::new();
+    let t = &report.total;
+    s.push_str(&format!(
+        "contended waits: {}  total delay {}  max {}  p50 {}  p90 {}  p99 {}\n",
+        t.count,
+        fmt_ns(t.total_ns),
+        fmt_ns(t.max_ns),
+        fmt_ns(t.p50_ns),
+        fmt_ns(t.p90_ns),
+        fmt_ns(t.p99_ns)
+    ));
+    for p in partial {
+        s.push_str(&format!("PARTIAL: {p}\n"));
+    }
+    let table = |s: &mut String, title: &str, rows: &[contention::Row], peer: &str| {
+        s.push_str(&format!(
+            "\n{title}\n{:>10} {:>7} {:>9} {:>9} {:>9} {:>9}  {:<13} {}\n",
+            "total", "count", "max", "p50", "p90", "p99", "kind", "site"
+        ));
+        for r in rows {
+            s.push_str(&format!(
+                "{:>10} {:>7} {:>9} {:>9} {:>9} {:>9}  {:<13} {}\n",
+                fmt_ns(r.stats.total_ns),
+                r.stats.count,
+                fmt_ns(r.stats.max_ns),
+                fmt_ns(r.stats.p50_ns),
+                fmt_ns(r.stats.p90_ns),
+                fmt_ns(r.stats.p99_ns),
+                r.kind.name(),
+                r.key
+            ));
+            if let Some(p) = r.peers.first() {
+                s.push_str(&format!(
+                    "{:>58}{peer} {} ({})\n",
+                    "",
+                    p.site,
+                    fmt_ns(p.delay_ns)
+                ));
+            }
+        }
+    };
+    table(&mut s, "WAITING SITES", &report.sites, "held by");
+    table(&mut s, "HOLDER / WAKER SITES", &report.holders, "made wait");
+    table(&mut s, "OBJECTS", &report.objects, "waited at");
+    s
+}
+
+pub fn run(args: ProfileArgs) -> Result<i32, InspectError> {
+    let mut opts = args.probe.options(args.pid)?;
+    opts.duration = Some(args.duration);
+    let mut acc = Accountant::new(args.format == Format::Pprof);
+    let start_ns = session::monotonic_ns();
+    let summary: Summary = session::run(&opts, |item| account(&mut acc, &item, false))?;
+    let end_ns = session::monotonic_ns();
+    for g in acc.gaps.iter_mut() {
+        if g.to_ns.is_none() {
+            g.to_ns = Some(end_ns);
+        }
+    }
+    let report = acc.report(args.top);
+    let partial = gap_lines(&report, start_ns);
+    for p in &partial {
+        eprintln!("parkscope: {p}");
+    }
+    match args.format {
+        Format::Pprof => {
+            let path = args
+                .output
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("contention.pb.gz"));
+            let hpath = holders_path(&path);
+            let duration = end_ns.saturating_sub(start_ns) as i64;
+            let mut comments = vec![format!(
+                "parkscope contention profile of pid {}: delay from park to wake-up per \
+                 contended wait, stacks of the waiting site",
+                args.pid
+            )];
+            comments.extend(partial.iter().cloned());
+            let waiting = render_contention(&samples(&acc, false), &comments, duration);
+            comments[0] = format!(
+                "parkscope contention profile of pid {}: the same delay charged to the \
+                 holder/waker site (the release that woke the waiter)",
+                args.pid
+            );
+            let holding = render_contention(&samples(&acc, true), &comments, duration);
+            std::fs::write(&path, waiting)
+                .map_err(|e| InspectError::io(format!("writing {}", path.display()), e))?;
+            std::fs::write(&hpath, holding)
+                .map_err(|e| InspectError::io(format!("writing {}", hpath.display()), e))?;
+            eprintln!(
+                "parkscope: wrote {} (waiting sites) and {} (holder/waker sites)",
+                path.display(),
+                hpath.display()
+            );
+        }
+        Format::Json | Format::Text => {
+            let text = if args.format == Format::Json {
+                let out = JsonOut {
+                    pid: summary.pid,
+                    elapsed_s: summary.elapsed_s,
+                    end: summary.end.to_string(),
+                    partial: !partial.is_empty(),
+                    partial_windows: partial.clone(),
+                    events: summary.events,
+                    drops: summary.drops,
+                    report: &report,
+                };
+                serde_json::to_string_pretty(&out).unwrap_or_default() + "\n"
+            } else {
+                render_text(&report, &partial)
+            };
+            match &args.output {
+                Some(path) => std::fs::write(path, text)
+                    .map_err(|e| InspectError::io(format!("writing {}", path.display()), e))?,
+                None => {
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                }
+            }
+        }
+    }
+    eprintln!(
+        "parkscope: profile of pid {} ended after {:.1}s ({}): {} events, {} dropped, {} \
+         contended waits, {} wakes of waits that began before the window",
+        summary.pid,
+        summary.elapsed_s,
+        summary.end,
+        summary.events,
+        summary.drops,
+        report.total.count,
+        report.unmatched_wakes
+    );
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_file_name_sits_next_to_the_waiting_one() {
+        assert_eq!(
+            holders_path(Path::new("/tmp/x/contention.pb.gz")),
+            PathBuf::from("/tmp/x/contention.holders.pb.gz")
+        );
+        assert_eq!(
+            holders_path(Path::new("prof")),
+            PathBuf::from("prof.holders")
+        );
+    }
+}
