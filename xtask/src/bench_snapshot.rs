@@ -6,8 +6,8 @@
 //! `PARKSCOPE_BENCH_REPEATS` times (default 5) and interleaved so that machine noise hits both
 //! alike:
 //!
-//! - `parkscope snapshot --pid N --format json -o FILE` (the release build): wall time of the
-//!   whole process (reading the binary included) and its peak RSS (`ru_maxrss` from wait4);
+//! - `parkscope snapshot --pid N --format text|json -o FILE` (the release build): wall time of
+//!   the whole process (reading the binary included) and its peak RSS (`ru_maxrss` from wait4);
 //! - `GET /debug/pprof/goroutine?debug=2` over HTTP from the target's own net/http/pprof: wall
 //!   time until the last byte;
 //! - an idle window of the same length;
@@ -58,10 +58,16 @@ struct SizeResult {
     goroutines_reported: usize,
     /// Bytes of Go's debug=2 dump.
     go_dump_bytes: usize,
+    /// Bytes of parkscope's text and JSON outputs.
+    text_bytes: u64,
+    json_bytes: u64,
+    /// `parkscope snapshot --format text` (the default output).
     parkscope: Summary,
+    /// `parkscope snapshot --format json` (every goroutine with its whole stack).
+    parkscope_json: Summary,
     go_debug2: Summary,
     idle: Summary,
-    /// median Go endpoint time / median parkscope time (> 1: parkscope is faster).
+    /// median Go endpoint time / median parkscope (text) time (> 1: parkscope is faster).
     speedup_vs_go: f64,
     meets_goal: bool,
 }
@@ -214,7 +220,12 @@ fn stall_window(addr: &str) -> anyhow::Result<f64> {
 }
 
 /// Run parkscope to completion: wall time and peak RSS (KiB, from wait4's rusage).
-fn run_parkscope(parkscope: &Path, pid: u32, file: &Path) -> anyhow::Result<(Duration, u64)> {
+fn run_parkscope(
+    parkscope: &Path,
+    pid: u32,
+    format: &str,
+    file: &Path,
+) -> anyhow::Result<(Duration, u64)> {
     let started = Instant::now();
     let mut child = Command::new(parkscope)
         .args([
@@ -222,7 +233,7 @@ fn run_parkscope(parkscope: &Path, pid: u32, file: &Path) -> anyhow::Result<(Dur
             "--pid",
             &pid.to_string(),
             "--format",
-            "json",
+            format,
             "-o",
         ])
         .arg(file)
@@ -288,27 +299,36 @@ fn bench_size(
     let pid = target.child.id();
     let addr = target.addr.clone();
     let file = target.work.join("snapshot.json");
+    let text_file = target.work.join("snapshot.txt");
     let dump_path = "/debug/pprof/goroutine?debug=2";
 
     // Warm-up (page cache, the target's HTTP server and dump buffers); not measured.
-    run_parkscope(parkscope, pid, &file)?;
+    run_parkscope(parkscope, pid, "json", &file)?;
+    run_parkscope(parkscope, pid, "text", &text_file)?;
     let go_dump_bytes = http_get(&addr, dump_path)?.len();
     std::thread::sleep(Duration::from_millis(200));
 
-    let (mut ours, mut go, mut idle) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut ours_json, mut go, mut idle) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..repeats {
         // Alternate which goes first, so drift (GC, other load) does not favour one side.
         for step in 0..2 {
             let parkscope_now = (round + step) % 2 == 0;
             stall_window(&addr)?;
             if parkscope_now {
-                let (wall, rss_kib) = run_parkscope(parkscope, pid, &file)?;
-                std::thread::sleep(SETTLE);
-                ours.push(Sample {
-                    wall_ms: wall.as_secs_f64() * 1e3,
-                    target_max_gap_ms: stall_window(&addr)?,
-                    peak_rss_mib: Some(rss_kib as f64 / 1024.0),
-                });
+                for (format, path, samples) in [
+                    ("text", &text_file, &mut ours),
+                    ("json", &file, &mut ours_json),
+                ] {
+                    stall_window(&addr)?;
+                    let (wall, rss_kib) = run_parkscope(parkscope, pid, format, path)?;
+                    std::thread::sleep(SETTLE);
+                    samples.push(Sample {
+                        wall_ms: wall.as_secs_f64() * 1e3,
+                        target_max_gap_ms: stall_window(&addr)?,
+                        peak_rss_mib: Some(rss_kib as f64 / 1024.0),
+                    });
+                }
             } else {
                 let started = Instant::now();
                 http_get(&addr, dump_path)?;
@@ -331,10 +351,11 @@ fn bench_size(
             peak_rss_mib: None,
         });
         eprintln!(
-            "bench: {n}: parkscope {:.1} ms (gap {:.1} ms, {:.0} MiB), go debug=2 {:.1} ms (gap {:.1} ms), idle gap {:.1} ms",
+            "bench: {n}: parkscope text {:.1} ms (gap {:.1} ms, {:.0} MiB), json {:.1} ms, go debug=2 {:.1} ms (gap {:.1} ms), idle gap {:.1} ms",
             ours.last().unwrap().wall_ms,
             ours.last().unwrap().target_max_gap_ms,
             ours.last().unwrap().peak_rss_mib.unwrap_or(0.0),
+            ours_json.last().unwrap().wall_ms,
             go.last().unwrap().wall_ms,
             go.last().unwrap().target_max_gap_ms,
             idle.last().unwrap().target_max_gap_ms,
@@ -346,16 +367,22 @@ fn bench_size(
         goroutines_reported >= n,
         "parkscope reported {goroutines_reported} goroutines, the target has more than {n}"
     );
+    let text_bytes = std::fs::metadata(&text_file)?.len();
+    let json_bytes = std::fs::metadata(&file)?.len();
     let parkscope = summarize(ours);
+    let parkscope_json = summarize(ours_json);
     let go_debug2 = summarize(go);
     let speedup_vs_go = go_debug2.median_wall_ms / parkscope.median_wall_ms.max(1e-9);
     Ok(SizeResult {
         goroutines_requested: n,
         goroutines_reported,
         go_dump_bytes,
+        text_bytes,
+        json_bytes,
         meets_goal: parkscope.median_wall_ms <= GOAL_MS
             && parkscope.median_target_max_gap_ms <= idle_median_plus(&idle, 5.0),
         parkscope,
+        parkscope_json,
         go_debug2,
         idle: summarize(idle),
         speedup_vs_go,
@@ -373,27 +400,32 @@ fn markdown(report: &Report) -> String {
          Target: {} on {} CPUs; {} repeats per size, interleaved; medians. \
          \"Target stall\" is the largest gap between the target's 1 ms sleeps while the operation ran \
          (idle: the same window with nothing running). Goal: {}.\n\n\
-         | goroutines | parkscope snapshot | parkscope peak RSS | target stall (parkscope) | Go debug=2 over HTTP | target stall (Go debug=2) | idle stall | Go / parkscope time |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         | goroutines | parkscope (text) | parkscope (json) | parkscope peak RSS (text / json) | target stall (parkscope text / json) | Go debug=2 over HTTP | target stall (Go debug=2) | idle stall | Go / parkscope text time | Go / parkscope json time |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         report.fixture, report.cpus, report.repeats, report.goal
     );
     for s in &report.sizes {
         md.push_str(&format!(
-            "| {} | {:.1} ms | {:.1} MiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1}x |\n",
+            "| {} | {:.1} ms | {:.1} ms | {:.1} / {:.1} MiB | {:.1} / {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.2}x | {:.2}x |\n",
             s.goroutines_requested,
             s.parkscope.median_wall_ms,
+            s.parkscope_json.median_wall_ms,
             s.parkscope.median_peak_rss_mib.unwrap_or(0.0),
+            s.parkscope_json.median_peak_rss_mib.unwrap_or(0.0),
             s.parkscope.median_target_max_gap_ms,
+            s.parkscope_json.median_target_max_gap_ms,
             s.go_debug2.median_wall_ms,
             s.go_debug2.median_target_max_gap_ms,
             s.idle.median_target_max_gap_ms,
             s.speedup_vs_go,
+            s.go_debug2.median_wall_ms / s.parkscope_json.median_wall_ms.max(1e-9),
         ));
     }
     md.push_str(
-        "\nparkscope time is the whole `parkscope snapshot --format json -o FILE` process \
-         (reading and parsing the executable, reading the goroutines, writing the JSON); \
-         Go's is the HTTP request until its last byte.\n",
+        "\nparkscope time is the whole `parkscope snapshot --format text|json -o FILE` process \
+         (reading and parsing the executable, reading the goroutines, rendering and writing the \
+         output); Go's is the HTTP request until its last byte. \"Go / parkscope\" above 1 means \
+         parkscope was faster. The goal is checked on the text snapshot.\n",
     );
     md
 }

@@ -647,6 +647,7 @@ mod tests {
             g_addr: 0x1000,
             on_cpu: false,
             unstable: false,
+            system: false,
         }
     }
 

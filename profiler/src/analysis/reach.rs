@@ -97,9 +97,9 @@ impl<'h, 'm> Marker<'h, 'm> {
 
     fn scan_bytes(&mut self, bytes: &[u8], base: u64) {
         self.stats.bytes_scanned += bytes.len() as u64;
-        for (i, word) in bytes.chunks_exact(8).enumerate() {
+        for (i, word) in bytes.as_chunks::<8>().0.iter().enumerate() {
             self.word_addr = base + 8 * i as u64;
-            self.mark_word(u64::from_le_bytes(word.try_into().unwrap()));
+            self.mark_word(u64::from_le_bytes(*word));
         }
     }
 

@@ -266,7 +266,7 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             let Some(records) = self.binary.image.bytes_at(addr + 8, n as usize * 16) else {
                 return Frame::Undecodable("u13");
             };
-            for r in records.chunks_exact(16) {
+            for r in records.as_chunks::<16>().0 {
                 let off = i32::from_le_bytes(r[0..4].try_into().unwrap()) as i64;
                 let size = i32::from_le_bytes(r[4..8].try_into().unwrap()) as i64;
                 let base = if off < 0 {

@@ -204,8 +204,10 @@ impl<'a> Heap<'a> {
         self.bytes_read += bytes.len() as u64;
         Some(
             bytes
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .as_chunks::<8>()
+                .0
+                .iter()
+                .map(|c| u64::from_le_bytes(*c))
                 .collect(),
         )
     }
