@@ -282,6 +282,28 @@ fn a_real_prometheus_scrapes_the_daemon() {
         }
     };
     assert_eq!(value, senders.to_string());
+    // The leak verdicts travel the same way: PromQL over the daemon's proof equals the truth.
+    let leaked = running
+        .truth
+        .goroutines
+        .iter()
+        .filter(|g| g.expect == "leaked")
+        .count();
+    let query =
+        format!("/api/v1/query?query=sum(parkscope_leaked_goroutines%7Bpid%3D%22{pid}%22%7D)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = http_get(&prom_addr, &query);
+        let json: Value = serde_json::from_str(&body).unwrap_or_default();
+        if json["data"]["result"][0]["value"][1].as_str() == Some(leaked.to_string().as_str()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PromQL never returned {leaked} leaked goroutines: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     drop(prometheus);
     drop(daemon);
     let _ = std::fs::remove_dir_all(dir);

@@ -337,6 +337,8 @@ pub struct Charge {
 #[derive(Clone, Debug, Default)]
 struct GState {
     pending: Option<Pending>,
+    /// A park of this goroutine was seen (its later wakes are not from before the window).
+    park_seen: bool,
     /// Latest slow-path intents: (object, stack) per intent kind.
     intents: HashMap<u8, (String, Vec<Frame>)>,
     /// Latest release in the current run slice: (ts, object, stack).
@@ -403,6 +405,7 @@ impl Accountant {
     pub fn feed(&mut self, o: &Obs) {
         match &o.op {
             Op::Park { reason, object } => {
+                self.goroutines.entry(o.goid).or_default().park_seen = true;
                 let Some(kind) = WaitKind::from_reason(reason) else {
                     // Not contention: forget any earlier wait of this goroutine.
                     self.clear_pending(o.goid);
@@ -466,7 +469,9 @@ impl Accountant {
                 let woken_state = self.goroutines.entry(*woken).or_default();
                 woken_state.woken_at = o.ts_ns;
                 let Some(object) = woken_state.pending.as_ref().map(|p| p.object.clone()) else {
-                    self.unmatched_wakes += 1;
+                    if !woken_state.park_seen {
+                        self.unmatched_wakes += 1;
+                    }
                     return;
                 };
                 // Every waiter of the object waited through the interval this release ended.
@@ -524,13 +529,10 @@ impl Accountant {
 
     fn account(&mut self, w: Wait) {
         let site = site_of(&w.stack, UNKNOWN_SITE);
-        let holder = waker_site(w.kind, w.waker_goid, &w.waker_stack);
         self.total.record(w.delay_ns);
         let s = self.by_site.entry((w.kind, site.clone())).or_default();
         s.hist.record(w.delay_ns);
-        *s.peers.entry(holder.clone()).or_default() += w.delay_ns;
         *s.objects.entry(w.object.clone()).or_default() += w.delay_ns;
-        let _ = holder;
         let ob = self
             .by_object
             .entry((w.kind, w.object.clone()))
@@ -544,6 +546,13 @@ impl Accountant {
 
     fn charge(&mut self, c: Charge) {
         let holder = waker_site(c.kind, c.waker_goid, &c.waker_stack);
+        *self
+            .by_site
+            .entry((c.kind, c.waiting_site.clone()))
+            .or_default()
+            .peers
+            .entry(holder.clone())
+            .or_default() += c.ns;
         let h = self.by_holder.entry((c.kind, holder)).or_default();
         h.hist.record(c.ns);
         *h.peers.entry(c.waiting_site.clone()).or_default() += c.ns;
@@ -584,6 +593,7 @@ impl Accountant {
             self.waiters.clear();
             for g in self.goroutines.values_mut() {
                 g.pending = None;
+                g.park_seen = false;
                 g.release = None;
             }
         }

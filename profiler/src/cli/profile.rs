@@ -164,7 +164,8 @@ fn frames_of(stack: &[Frame], fallback: &str) -> Vec<(String, String, u32)> {
 /// pprof samples keyed by (kind, stack): waiting stacks (one per finished wait) or holder
 /// stacks (one per charged interval).
 fn samples(acc: &Accountant, holders: bool) -> Vec<StackSample> {
-    let mut agg: HashMap<(&'static str, Vec<(String, String, u32)>), (i64, i64)> = HashMap::new();
+    type Key = (&'static str, Vec<(String, String, u32)>);
+    let mut agg: HashMap<Key, (i64, i64)> = HashMap::new();
     let mut add = |kind: &'static str, frames, ns: u64| {
         let e = agg.entry((kind, frames)).or_default();
         e.0 += 1;

@@ -182,6 +182,16 @@ pub fn route(path: &str, state: &SharedState, metrics: &Metrics) -> Response {
     drop(shared);
     match what {
         "snapshot" => Response::json(&*snapshot),
+        "leaks" => match state
+            .lock()
+            .unwrap()
+            .processes
+            .get(&snapshot.pid)
+            .and_then(|p| p.leaks.clone())
+        {
+            Some(report) => Response::json(&*report),
+            None => Response::error(503, "no leak scan of this process yet (or --no-leaks)"),
+        },
         "graph.dot" => Response::ok("text/vnd.graphviz", output::dot::render(&snapshot)),
         "graph.svg" => match output::dot::render_svg(&output::dot::render(&snapshot)) {
             Ok(svg) => Response::ok("image/svg+xml", svg),

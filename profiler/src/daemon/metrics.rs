@@ -13,6 +13,7 @@ pub const OVERFLOW: &str = "__overflow__";
 pub struct Metrics {
     registry: Registry,
     goroutines: IntGaugeVec,
+    leaked: IntGaugeVec,
     process_info: IntGaugeVec,
     scan_duration: GaugeVec,
     unstable: IntGaugeVec,
@@ -38,6 +39,12 @@ impl Metrics {
             "parkscope_goroutines",
             "Goroutines by state (the wait reason for parked ones, as Go's dump prints it).",
             &["pid", "executable", "container", "state"],
+        );
+        let leaked = gauge_vec(
+            &registry,
+            "parkscope_leaked_goroutines",
+            "Goroutines proven leaked (confirmed by two scans), by the site they are parked at.",
+            &["pid", "executable", "container", "site"],
         );
         let process_info = gauge_vec(
             &registry,
@@ -93,6 +100,7 @@ impl Metrics {
         Metrics {
             registry,
             goroutines,
+            leaked,
             process_info,
             scan_duration,
             unstable,
@@ -112,12 +120,14 @@ impl Metrics {
     /// Prometheus text exposition of the current state of every followed process.
     pub fn render(&self, processes: &[&ProcessState]) -> String {
         self.goroutines.reset();
+        self.leaked.reset();
         self.process_info.reset();
         self.scan_duration.reset();
         self.unstable.reset();
         self.processes.reset();
 
         let mut goroutine_series = CappedSeries::new(self.max_series);
+        let mut leak_series = CappedSeries::new(self.max_series);
         for p in processes {
             let pid = p.candidate.id.pid.to_string();
             let container = p.candidate.container_id.clone().unwrap_or_default();
@@ -141,6 +151,28 @@ impl Metrics {
                 "ok"
             };
             self.processes.with_label_values(&[result]).inc();
+            if let Some(report) = &p.leaks {
+                let mut by_site: BTreeMap<String, i64> = BTreeMap::new();
+                for f in &report.findings {
+                    let site = f
+                        .site
+                        .as_ref()
+                        .map(|s| format!("{} {}:{}", s.function, s.file, s.line))
+                        .unwrap_or_else(|| f.wait_reason.clone());
+                    *by_site.entry(site).or_default() += f.count as i64;
+                }
+                for (site, count) in by_site {
+                    let site = leak_series.admit(&[&pid, &site], &site);
+                    self.leaked
+                        .with_label_values(&[
+                            pid.as_str(),
+                            p.candidate.exe.as_str(),
+                            container.as_str(),
+                            site.as_str(),
+                        ])
+                        .add(count);
+                }
+            }
             let Some(snapshot) = &p.snapshot else {
                 continue;
             };
@@ -169,6 +201,11 @@ impl Metrics {
                     ])
                     .add(count);
             }
+        }
+        if leak_series.overflowed > 0 {
+            self.series_dropped
+                .with_label_values(&["parkscope_leaked_goroutines"])
+                .inc_by(leak_series.overflowed);
         }
         if goroutine_series.overflowed > 0 {
             self.series_dropped

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use crate::analysis::leaks::{self, LeakReport, LeakTarget};
 use crate::goruntime::snapshot::{self, Target};
 use crate::model::Snapshot;
+use crate::remote::memory::ProcessMemory;
 use crate::remote::process;
 use discovery::{Candidate, GoBinaryCache, Selector};
 use metrics::Metrics;
@@ -32,6 +34,8 @@ pub struct DaemonConfig {
     pub snapshot_interval: Duration,
     /// Cardinality cap per metric.
     pub max_series: usize,
+    /// Run the leak proof (two scans, 100 ms apart) with every snapshot.
+    pub leaks: bool,
 }
 
 /// What the daemon knows about one followed process.
@@ -39,6 +43,7 @@ pub struct ProcessState {
     pub candidate: Candidate,
     pub go_version: String,
     pub snapshot: Option<Arc<Snapshot>>,
+    pub leaks: Option<Arc<LeakReport>>,
     pub scan_seconds: f64,
     pub last_error: Option<String>,
     next_scan: Instant,
@@ -91,19 +96,24 @@ pub async fn run(config: DaemonConfig) -> Result<(), crate::error::InspectError>
                 .collect()
         };
         for pid in due {
-            let taken = tokio::task::spawn_blocking(move || take_snapshot(pid)).await;
+            let with_leaks = config.leaks;
+            let taken = tokio::task::spawn_blocking(move || take_snapshot(pid, with_leaks)).await;
             let mut shared = state.lock().unwrap();
             let Some(p) = shared.processes.get_mut(&pid) else {
                 continue;
             };
             p.next_scan = Instant::now() + jittered(config.snapshot_interval, pid);
             match taken {
-                Ok(Ok((snap, seconds))) => {
+                Ok(Ok((snap, report, seconds))) => {
                     metrics.count_scan(true);
                     if p.last_error.take().is_some() {
                         info!(pid, "snapshots work again");
                     }
+                    if let Some(report) = &report {
+                        log_finding_changes(pid, p.leaks.as_deref(), report);
+                    }
                     p.snapshot = Some(Arc::new(snap));
+                    p.leaks = report.map(Arc::new);
                     p.scan_seconds = seconds;
                 }
                 Ok(Err(err)) => {
@@ -123,12 +133,53 @@ pub async fn run(config: DaemonConfig) -> Result<(), crate::error::InspectError>
     Ok(())
 }
 
-fn take_snapshot(pid: u32) -> Result<(Snapshot, f64), String> {
+type Taken = (Snapshot, Option<LeakReport>, f64);
+
+fn take_snapshot(pid: u32, with_leaks: bool) -> Result<Taken, String> {
     let started = Instant::now();
     let exe = process::read_exe(pid).map_err(|e| e.to_string())?;
     let target = Target::open(pid, &exe).map_err(|e| e.to_string())?;
     let snap = snapshot::take(&target).map_err(|e| e.to_string())?;
-    Ok((snap, started.elapsed().as_secs_f64()))
+    let seconds = started.elapsed().as_secs_f64();
+    let report = if with_leaks {
+        let proof = LeakTarget::new(&target).map_err(|e| e.to_string())?;
+        let mem = ProcessMemory::new(pid);
+        Some(
+            leaks::detect(&proof, &mem, 2, Duration::from_millis(100))
+                .map_err(|e| snapshot::mem_error(pid, e).to_string())?,
+        )
+    } else {
+        None
+    };
+    Ok((snap, report, seconds))
+}
+
+/// One log line per finding that appeared or was resolved since the last scan.
+fn log_finding_changes(pid: u32, before: Option<&LeakReport>, now: &LeakReport) {
+    let key = |f: &leaks::Finding| {
+        let site = f
+            .site
+            .as_ref()
+            .map(|s| format!("{} {}:{}", s.function, s.file, s.line))
+            .unwrap_or_default();
+        (f.kind, f.wait_reason.clone(), site)
+    };
+    let old: std::collections::HashSet<_> = before
+        .map(|r| r.findings.iter().map(key).collect())
+        .unwrap_or_default();
+    let new: std::collections::HashSet<_> = now.findings.iter().map(key).collect();
+    for (kind, reason, site) in new.difference(&old) {
+        let count: usize = now
+            .findings
+            .iter()
+            .filter(|f| key(f) == (*kind, reason.clone(), site.clone()))
+            .map(|f| f.count)
+            .sum();
+        warn!(pid, kind, wait_reason = %reason, site = %site, goroutines = count, "new finding");
+    }
+    for (kind, reason, site) in old.difference(&new) {
+        info!(pid, kind, wait_reason = %reason, site = %site, "finding resolved");
+    }
 }
 
 /// The interval ± 10%, spread by pid so processes started together are not scanned together.
@@ -176,6 +227,7 @@ fn rescan(config: &DaemonConfig, state: &SharedState, cache: &mut GoBinaryCache)
                 candidate,
                 go_version,
                 snapshot: None,
+                leaks: None,
                 scan_seconds: 0.0,
                 last_error: None,
                 next_scan: Instant::now(),
