@@ -51,23 +51,32 @@ fn ensure_llvm() -> anyhow::Result<()> {
     )
 }
 
-/// Tools the end-to-end tests drive: Prometheus and promtool (deploy/ is checked with them),
-/// systemd-analyze (part of systemd).
+/// Tools the end-to-end tests drive, by the command that proves each is there: Prometheus and
+/// promtool (deploy/ is checked with them), tmux (drives `parkscope top` in a terminal).
+/// systemd-analyze comes with systemd.
+const TEST_TOOLS: &[(&str, &str)] = &[("promtool", "prometheus"), ("tmux", "tmux")];
+
 fn ensure_test_tools() -> anyhow::Result<()> {
-    if cmd::succeeds(Command::new("promtool").arg("--version")) {
+    let missing: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(command, _)| {
+            !cmd::succeeds(Command::new(command).arg("-V"))
+                && !cmd::succeeds(Command::new(command).arg("--version"))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing Debian's prometheus (promtool and a server for the deploy tests)");
+    eprintln!(
+        "xtask: installing Debian packages for the tests: {}",
+        missing.join(" ")
+    );
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
     cmd::run(
         Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "prometheus",
-            ])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }

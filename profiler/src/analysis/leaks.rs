@@ -648,6 +648,7 @@ mod tests {
             on_cpu: false,
             unstable: false,
             system: false,
+            verdict: None,
         }
     }
 

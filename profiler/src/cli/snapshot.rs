@@ -4,9 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use parkscope::analysis::leaks::{self, Finding, LeakTarget};
 use parkscope::error::InspectError;
 use parkscope::goruntime::snapshot::{self, Target};
+use parkscope::model::Snapshot;
 use parkscope::output;
+use parkscope::remote::memory::ProcessMemory;
 use parkscope::remote::process;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -31,16 +34,54 @@ pub struct SnapshotArgs {
     /// Write to this file instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// Skip the leak proof (two heap scans 100 ms apart) that fills in each goroutine's
+    /// `verdict` and the `findings` list.
+    #[arg(long)]
+    pub no_verdicts: bool,
+}
+
+/// The JSON document: the snapshot plus the leak proof's findings.
+#[derive(serde::Serialize)]
+struct WithFindings<'a> {
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    findings: Option<&'a [Finding]>,
 }
 
 pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
     let exe = process::read_exe(args.pid)?;
     let target = Target::open(args.pid, &exe)?;
-    let snap = snapshot::take(&target)?;
+    let mut snap = snapshot::take(&target)?;
+    let findings = if args.no_verdicts {
+        None
+    } else {
+        let proof = LeakTarget::new(&target)?;
+        let report = leaks::detect(
+            &proof,
+            &ProcessMemory::new(args.pid),
+            2,
+            std::time::Duration::from_millis(100),
+        )
+        .map_err(|e| snapshot::mem_error(args.pid, e))?;
+        let verdicts: std::collections::HashMap<i64, &str> = report
+            .verdicts
+            .iter()
+            .map(|v| (v.goid, v.verdict.as_str()))
+            .collect();
+        for g in &mut snap.goroutines {
+            g.verdict = verdicts.get(&g.goid).map(|v| v.to_string());
+        }
+        Some(report.findings)
+    };
     let bytes = match args.format {
         Format::Text => output::text::render(&snap, args.system).into_bytes(),
         Format::Json => {
-            let mut json = serde_json::to_vec_pretty(&snap).expect("snapshot serializes");
+            let doc = WithFindings {
+                snapshot: &snap,
+                findings: findings.as_deref(),
+            };
+            let mut json = serde_json::to_vec_pretty(&doc).expect("snapshot serializes");
             json.push(b'\n');
             json
         }

@@ -406,4 +406,71 @@ mod tests {
             .write_u64(0x510, 4);
         assert!(read_allgs(&torn, 0x500).is_err());
     }
+
+    #[test]
+    fn batched_waiting_chains_match_one_by_one() {
+        let layout = SudogLayout {
+            size: 64,
+            g: f(0, 8),
+            next: f(8, 8),
+            prev: f(16, 8),
+            elem: f(24, 8),
+            c: f(32, 8),
+            waitlink: f(40, 8),
+            is_select: f(48, 1),
+        };
+        let sudog = |g: u64, c: u64, waitlink: u64| {
+            let mut r = vec![0u8; 64];
+            r[0..8].copy_from_slice(&g.to_le_bytes());
+            r[32..40].copy_from_slice(&c.to_le_bytes());
+            r[40..48].copy_from_slice(&waitlink.to_le_bytes());
+            r
+        };
+        let mut mem = RecordedMemory::new();
+        // g 0xa000: a three-case select; g 0xb000: one send; g 0xc000: its chain's second sudog
+        // belongs to someone else (torn), so the chain stops there.
+        mem.add(0x1000, sudog(0xa000, 0x11, 0x1100))
+            .add(0x1100, sudog(0xa000, 0x12, 0x1200))
+            .add(0x1200, sudog(0xa000, 0x13, 0))
+            .add(0x2000, sudog(0xb000, 0x21, 0))
+            .add(0x3000, sudog(0xc000, 0x31, 0x3100))
+            .add(0x3100, sudog(0xdead, 0x32, 0));
+        let g = |addr: u64, waiting: u64| RawG {
+            addr,
+            goid: 1,
+            status: Status::Waiting,
+            raw_status: 4,
+            wait_reason: 0,
+            waitsince: 0,
+            stack_lo: 0,
+            stack_hi: 0,
+            sched_sp: 0,
+            sched_pc: 0,
+            sched_bp: 0,
+            waiting,
+            gopc: 0,
+            startpc: 0,
+            parent_goid: None,
+            tracking_seq: None,
+        };
+        let gs = [
+            g(0xa000, 0x1000),
+            g(0xb000, 0x2000),
+            g(0xc000, 0x3000),
+            g(0xe000, 0),
+        ];
+        let refs: Vec<&RawG> = gs.iter().collect();
+        let batched = waiting_chains(&mem, &layout, &refs);
+        for (g, chain) in gs.iter().zip(&batched) {
+            assert_eq!(chain, &waiting_chain(&mem, &layout, g));
+        }
+        let channels: Vec<Vec<u64>> = batched
+            .iter()
+            .map(|c| c.iter().map(|s| s.c).collect())
+            .collect();
+        assert_eq!(
+            channels,
+            vec![vec![0x11, 0x12, 0x13], vec![0x21], vec![0x31], vec![]]
+        );
+    }
 }

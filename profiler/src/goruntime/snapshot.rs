@@ -404,6 +404,7 @@ fn describe(
         g_addr: g.addr,
         on_cpu,
         unstable: false,
+        verdict: None,
     };
     (goroutine, chan_waits, sync_wait)
 }

@@ -285,3 +285,74 @@ pub fn creation_site(pclntab: &Pclntab<'_>, load_bias: u64, gopc: u64) -> Option
         line: line.line,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Status;
+    use crate::remote::memory::RecordedMemory;
+
+    fn parked(addr: u64, lo: u64, hi: u64, sp: u64, bp: u64, pc: u64) -> RawG {
+        RawG {
+            addr,
+            goid: 1,
+            status: Status::Waiting,
+            raw_status: 4,
+            wait_reason: 0,
+            waitsince: 0,
+            stack_lo: lo,
+            stack_hi: hi,
+            sched_sp: sp,
+            sched_pc: pc,
+            sched_bp: bp,
+            waiting: 0,
+            gopc: 0,
+            startpc: 0,
+            parent_goid: None,
+            tracking_seq: None,
+        }
+    }
+
+    /// A stack whose frame-pointer chain is bp → (next bp, return address) pairs.
+    fn stack(lo: u64, hi: u64, frames: &[(u64, u64, u64)]) -> Vec<u8> {
+        let mut bytes = vec![0u8; (hi - lo) as usize];
+        for &(bp, next, ret) in frames {
+            let i = (bp - lo) as usize;
+            bytes[i..i + 8].copy_from_slice(&next.to_le_bytes());
+            bytes[i + 8..i + 16].copy_from_slice(&ret.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn batched_unwinding_matches_one_by_one() {
+        let mut mem = RecordedMemory::new();
+        mem.add(
+            0x10000,
+            stack(
+                0x10000,
+                0x12000,
+                &[(0x11f00, 0x11f40, 0x401), (0x11f40, 0, 0x402)],
+            ),
+        );
+        mem.add(
+            0x20000,
+            stack(0x20000, 0x22000, &[(0x21e00, 0x21e00, 0x501)]),
+        );
+        let gs = [
+            parked(0xa000, 0x10000, 0x12000, 0x11e00, 0x11f00, 0x400),
+            parked(0xb000, 0x20000, 0x22000, 0x21d00, 0x21e00, 0x500),
+            // Its stack is not readable: only the saved PC.
+            parked(0xc000, 0x30000, 0x32000, 0x31d00, 0x31e00, 0x600),
+        ];
+        let refs: Vec<&RawG> = gs.iter().collect();
+        let batched = unwind_many(&mem, &refs);
+        for (g, pcs) in gs.iter().zip(&batched) {
+            assert_eq!(pcs, &unwind(&mem, g));
+        }
+        assert_eq!(
+            batched,
+            vec![vec![0x400, 0x401, 0x402], vec![0x500, 0x501], vec![0x600]]
+        );
+    }
+}

@@ -189,6 +189,9 @@ pub struct Goroutine {
     /// A runtime-internal goroutine (GC workers, sweeper, finalizers…), which Go's own goroutine
     /// dump leaves out too.
     pub system: bool,
+    /// The leak proof's verdict (`leaked`, `blocked`, `waiting`, `running`, …) when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 /// Go's rule (runtime.isSystemGoroutine, simplified): started in a runtime function other than

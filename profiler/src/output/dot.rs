@@ -48,9 +48,19 @@ pub fn render(snapshot: &Snapshot) -> String {
                 )
             })
             .unwrap_or_default();
+        // Proven leaks stand out: red; everything else stays plain.
+        let style = if group
+            .members
+            .iter()
+            .any(|m| m.verdict.as_deref() == Some("leaked"))
+        {
+            ", style=filled, fillcolor=\"#f4a6a6\", color=\"#b00000\""
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "  g{i} [shape=box, label=\"{} × [{}]\\n{site}\"];",
+            "  g{i} [shape=box{style}, label=\"{} × [{}]\\n{site}\"];",
             group.members.len(),
             escape(g.wait_reason.as_deref().unwrap_or(g.status.as_str()))
         );

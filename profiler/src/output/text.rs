@@ -55,9 +55,19 @@ pub fn render(snapshot: &Snapshot, show_system: bool) -> String {
         } else {
             String::new()
         };
+        let leaked = group
+            .members
+            .iter()
+            .filter(|m| m.verdict.as_deref() == Some("leaked"))
+            .count();
+        let tag = if leaked > 0 {
+            format!("LEAKED ({leaked}) ")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "\n{} goroutine{} [{state}{parked}]  goid {}{more}",
+            "\n{tag}{} goroutine{} [{state}{parked}]  goid {}{more}",
             group.members.len(),
             if group.members.len() == 1 { "" } else { "s" },
             shown.join(",")

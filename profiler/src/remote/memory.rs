@@ -342,6 +342,52 @@ mod tests {
     }
 
     #[test]
+    fn coalesced_reads_report_each_request_on_its_own() {
+        // Two pages, the second unmapped: requests close together are read as one range, and
+        // when that range fails each request still gets its own answer.
+        let page = 4096usize;
+        // SAFETY: a fresh anonymous mapping we own; the second page is unmapped again at once.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        // SAFETY: within the mapping.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), page) };
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        // SAFETY: unmaps the second page of our own mapping.
+        assert_eq!(
+            unsafe { libc::munmap(base.cast::<u8>().add(page).cast(), page) },
+            0
+        );
+        let addr = base as u64;
+        let mem = ProcessMemory::new(std::process::id());
+        let (mut a, mut b, mut c, mut d) = ([0u8; 8], [0u8; 8], [0u8; 12], [0u8; 8]);
+        let mut reqs: Vec<(u64, &mut [u8])> = vec![
+            (addr + 4000, &mut b),
+            (addr + 16, &mut a),
+            (addr + 4090, &mut c), // straddles into the unmapped page
+            (addr + page as u64 + 8, &mut d), // unmapped
+        ];
+        let results = mem.read_many(&mut reqs);
+        assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+        assert!(matches!(results[2], Err(MemError::Unmapped { .. })));
+        assert!(matches!(results[3], Err(MemError::Unmapped { .. })));
+        assert_eq!(a, [16, 17, 18, 19, 20, 21, 22, 23]);
+        assert_eq!(b[0], (4000 % 256) as u8);
+        // SAFETY: the first page is still ours.
+        unsafe { libc::munmap(base, page) };
+    }
+
+    #[test]
     fn reading_a_gone_process_says_so() {
         let mem = ProcessMemory::new(4_194_321);
         assert_eq!(mem.read_u64(0x1000), Err(MemError::Gone));
