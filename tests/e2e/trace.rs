@@ -408,31 +408,20 @@ fn our_programs_loaded() -> Vec<String> {
         "semacquire1",
         "mutex_lock_slow",
     ];
-    let out = Command::new("bpftool").args(["prog", "show"]).output();
-    match out {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| {
-                ours.iter()
-                    .any(|n| l.contains(&format!("name {}", &n[..n.len().min(15)])))
-            })
-            .map(str::to_string)
-            .collect(),
-        // No bpftool: count BPF program fds held by parkscope processes instead.
-        _ => {
-            let mut found = Vec::new();
-            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-                let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-                if comm.trim() == "parkscope" {
-                    found.push(format!(
-                        "parkscope process {}",
-                        entry.file_name().to_string_lossy()
-                    ));
-                }
-            }
-            found
-        }
-    }
+    // bpftool lists every program loaded in the kernel (./x test installs it).
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (Debian package bpftool; ./x test installs it)");
+    assert!(out.status.success(), "bpftool prog show failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            ours.iter()
+                .any(|n| l.contains(&format!("name {}", &n[..n.len().min(15)])))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 fn check_attach_detach_cycles(binary: &FixtureBinary, cycles: usize) {

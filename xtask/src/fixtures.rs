@@ -124,10 +124,11 @@ pub fn go_command(toolchain: &str) -> Command {
     go
 }
 
-/// Build the matrix (or the named releases of it) and write the manifest. Returns the binaries.
+/// Build the matrix (or the named releases of it) and write the manifest. The manifest always
+/// lists every release already built, so building one release never hides the others.
 pub fn build(releases: &[String]) -> anyhow::Result<Vec<Binary>> {
     let names = fixture_names()?;
-    let mut binaries = Vec::new();
+    let variant_names: Vec<String> = VARIANT_FIXTURES.iter().map(|s| s.to_string()).collect();
     for toolchain in GO_MATRIX {
         let release = release_of(toolchain);
         if !releases.is_empty() && !releases.contains(&release) {
@@ -137,21 +138,29 @@ pub fn build(releases: &[String]) -> anyhow::Result<Vec<Binary>> {
             .with_context(|| format!("getting Go toolchain {toolchain} through GOTOOLCHAIN"))?;
         build_variant(toolchain, &release, PLAIN, &names)?;
         for variant in VARIANTS {
-            let names: Vec<String> = VARIANT_FIXTURES.iter().map(|s| s.to_string()).collect();
-            build_variant(toolchain, &release, *variant, &names)?;
+            build_variant(toolchain, &release, *variant, &variant_names)?;
         }
+        fs::write(out_dir().join(&release).join("go-version"), &go)?;
+    }
+
+    let mut binaries = Vec::new();
+    for toolchain in GO_MATRIX {
+        let release = release_of(toolchain);
+        let Ok(go) = fs::read_to_string(out_dir().join(&release).join("go-version")) else {
+            continue; // never built on this machine
+        };
         for variant in std::iter::once(&PLAIN).chain(VARIANTS) {
-            let dir = variant_dir(&release, variant.name);
-            let listed: Vec<String> = if variant.name == "plain" {
-                names.clone()
+            let listed = if variant.name == "plain" {
+                &names
             } else {
-                VARIANT_FIXTURES.iter().map(|s| s.to_string()).collect()
+                &variant_names
             };
-            for fixture in listed {
+            let dir = variant_dir(&release, variant.name);
+            for fixture in listed.iter().filter(|f| dir.join(f).exists()) {
                 binaries.push(Binary {
-                    path: dir.join(&fixture),
-                    fixture,
-                    go: go.clone(),
+                    path: dir.join(fixture),
+                    fixture: fixture.clone(),
+                    go: go.trim().to_string(),
                     release: release.clone(),
                     variant: variant.name.to_string(),
                 });

@@ -2,6 +2,7 @@
 //! which first makes sure the pinned Rust toolchain exists.
 
 mod bench;
+mod bench_contention;
 mod bench_snapshot;
 mod cmd;
 mod demo;
@@ -40,7 +41,8 @@ enum Task {
     },
     /// Set up, build, start the bundled demo Go service and run parkscope against it.
     Demo,
-    /// Measure what each probe group costs a Go program (`probes`); results in target/bench.
+    /// Measure overhead: each probe group (`probes`), contention profiling against Go's own
+    /// (`contention`), snapshots (`snapshot`); results in target/bench.
     Bench { what: String },
     /// Build one statically linked parkscope binary (eBPF object embedded) into target/dist.
     Dist,

@@ -52,9 +52,13 @@ fn ensure_llvm() -> anyhow::Result<()> {
 }
 
 /// Tools the end-to-end tests drive, by the command that proves each is there: Prometheus and
-/// promtool (deploy/ is checked with them), tmux (drives `parkscope top` in a terminal).
-/// systemd-analyze comes with systemd.
-const TEST_TOOLS: &[(&str, &str)] = &[("promtool", "prometheus"), ("tmux", "tmux")];
+/// promtool (deploy/ is checked with them), tmux (drives `parkscope top` in a terminal), bpftool
+/// (proves no probe outlives a detach). systemd-analyze comes with systemd.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("promtool", "prometheus"),
+    ("tmux", "tmux"),
+    ("bpftool", "bpftool"),
+];
 
 fn ensure_test_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = TEST_TOOLS

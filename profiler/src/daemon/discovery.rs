@@ -61,8 +61,7 @@ pub fn parse_ns_pid(status: &str) -> Option<u32> {
 pub fn container_id(cgroup: &str) -> Option<String> {
     cgroup
         .split(|c: char| !c.is_ascii_hexdigit())
-        .filter(|t| t.len() == 64)
-        .next_back()
+        .rfind(|t| t.len() == 64)
         .map(str::to_string)
 }
 

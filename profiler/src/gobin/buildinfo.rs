@@ -59,7 +59,9 @@ pub fn read(image: &ElfImage<'_>) -> Result<BuildInfo, InspectError> {
     }
     let data = image.bytes();
     let found = data
-        .chunks_exact(16)
+        .as_chunks::<16>()
+        .0
+        .iter()
         .position(|chunk| chunk.starts_with(MAGIC))
         .map(|i| i * 16);
     match found {
@@ -150,6 +152,11 @@ fn unquote(value: &str) -> &str {
         .unwrap_or(value)
 }
 
+/// Fuzz entry point: arbitrary bytes must never panic the parser.
+pub fn fuzz_parse(data: &[u8]) {
+    let _ = parse(data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,9 +243,4 @@ mod tests {
             );
         }
     }
-}
-
-/// Fuzz entry point: arbitrary bytes must never panic the parser.
-pub fn fuzz_parse(data: &[u8]) {
-    let _ = parse(data);
 }

@@ -144,8 +144,10 @@ pub fn read_allgs(mem: &dyn Memory, allgs_addr: u64) -> Result<Vec<u64>, MemErro
             Err(e) => return Err(e),
         };
         return Ok(bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|c| u64::from_le_bytes(*c))
             .filter(|&p| p != 0)
             .collect());
     }

@@ -146,7 +146,7 @@ pub fn classify_sync_wait(
     stack_functions: &[&str],
     sema: u64,
 ) -> Option<(ObjectKind, u64, Op)> {
-    let in_stack = |name: &str| stack_functions.iter().any(|f| *f == name);
+    let in_stack = |name: &str| stack_functions.contains(&name);
     match reason {
         // RWMutex.Lock first takes its embedded writer Mutex, which sits at the RWMutex's
         // address: the call site tells the two apart.

@@ -50,7 +50,7 @@ impl<'data> Target<'data> {
             .unwrap_or(0);
         let load_bias = if binary.image.is_pie() {
             maps::load_bias(&maps::read_maps(pid)?, inode, first_vaddr)
-                .ok_or_else(|| InspectError::ProcessGone { pid })?
+                .ok_or(InspectError::ProcessGone { pid })?
         } else {
             0
         };

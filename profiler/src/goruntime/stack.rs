@@ -86,7 +86,7 @@ fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
     };
     let mut bp = g.sched_bp;
     while pcs.len() < MAX_FRAMES {
-        if bp < g.stack_lo || bp + 16 > g.stack_hi || bp % 8 != 0 {
+        if bp < g.stack_lo || bp + 16 > g.stack_hi || !bp.is_multiple_of(8) {
             break;
         }
         let (Some(next_bp), Some(ret)) = (word(bp), word(bp + 8)) else {
