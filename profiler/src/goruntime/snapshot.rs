@@ -2,7 +2,6 @@
 //! no pause: every goroutine, what it waits on, and the objects in between.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 
 use crate::error::InspectError;
 use crate::gobin::GoBinary;
@@ -37,23 +36,7 @@ impl<'data> Target<'data> {
         let binary = GoBinary::parse(exe_bytes)?;
         let layout = Layout::resolve(&binary.offsets)?;
         let globals = globals::find(&binary)?;
-        let exe = process::exe_path(pid)?;
-        let inode = std::fs::metadata(&exe)
-            .map_err(|e| process::proc_error(pid, "the executable", e))?
-            .ino();
-        let first_vaddr = binary
-            .image
-            .segments()
-            .iter()
-            .map(|s| s.vaddr)
-            .min()
-            .unwrap_or(0);
-        let load_bias = if binary.image.is_pie() {
-            maps::load_bias(&maps::read_maps(pid)?, inode, first_vaddr)
-                .ok_or(InspectError::ProcessGone { pid })?
-        } else {
-            0
-        };
+        let load_bias = maps::executable_load_bias(pid, &binary.image)?;
         let wrapper_func_id = stack::wrapper_func_id(&binary.pclntab);
         Ok(Target {
             wrapper_func_id,

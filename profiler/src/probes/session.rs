@@ -3,7 +3,6 @@
 //! SIGINT/SIGTERM, or when the target exits — saying which.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -148,22 +147,7 @@ pub fn target_alive(pid: u32) -> bool {
 
 /// Load bias of the target's executable (0 for non-PIE).
 fn load_bias(pid: u32, binary: &GoBinary<'_>) -> Result<u64, InspectError> {
-    if !binary.image.is_pie() {
-        return Ok(0);
-    }
-    let exe = process::exe_path(pid)?;
-    let inode = std::fs::metadata(&exe)
-        .map_err(|e| process::proc_error(pid, "the executable", e))?
-        .ino();
-    let first_vaddr = binary
-        .image
-        .segments()
-        .iter()
-        .map(|s| s.vaddr)
-        .min()
-        .unwrap_or(0);
-    maps::load_bias(&maps::read_maps(pid)?, inode, first_vaddr)
-        .ok_or(InspectError::ProcessGone { pid })
+    maps::executable_load_bias(pid, &binary.image)
 }
 
 /// Most events decoded per drain tick (50 ms): 400k events/s, more than a budget-respecting

@@ -1,8 +1,11 @@
 //! /proc/PID/maps: where the executable was loaded, so link-time addresses of a PIE binary can be
 //! turned into run-time addresses (load bias = run-time base − link-time base).
 
+use std::os::unix::fs::MetadataExt;
+
 use crate::error::InspectError;
-use crate::remote::process::proc_error;
+use crate::gobin::elf::ElfImage;
+use crate::remote::process::{self, proc_error};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mapping {
@@ -49,6 +52,19 @@ pub fn load_bias(maps: &[Mapping], exe_inode: u64, first_load_vaddr: u64) -> Opt
         .map(|m| m.start)
         .min()?;
     Some(base.wrapping_sub(first_load_vaddr & !0xfff))
+}
+
+/// Load bias of a running process's executable: 0 for non-PIE, else where the kernel put it.
+pub fn executable_load_bias(pid: u32, image: &ElfImage<'_>) -> Result<u64, InspectError> {
+    if !image.is_pie() {
+        return Ok(0);
+    }
+    let exe = process::exe_path(pid)?;
+    let inode = std::fs::metadata(&exe)
+        .map_err(|e| process::proc_error(pid, "the executable", e))?
+        .ino();
+    let first_vaddr = image.segments().iter().map(|s| s.vaddr).min().unwrap_or(0);
+    load_bias(&read_maps(pid)?, inode, first_vaddr).ok_or(InspectError::ProcessGone { pid })
 }
 
 pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, InspectError> {
