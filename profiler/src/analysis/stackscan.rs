@@ -103,15 +103,17 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             return;
         };
         let word = |addr: u64| -> Option<u64> {
-            if addr < lo || addr + 8 > hi {
+            if addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
                 return None;
             }
             let i = (addr - lo) as usize;
             Some(u64::from_le_bytes(stack[i..i + 8].try_into().ok()?))
         };
         let conservative = |from: u64, to: u64, out: &mut Vec<u64>| {
-            let mut at = from.max(lo).next_multiple_of(8);
-            while at + 8 <= to.min(hi) {
+            let Some(mut at) = from.max(lo).checked_next_multiple_of(8) else {
+                return;
+            };
+            while at.checked_add(8).is_some_and(|end| end <= to.min(hi)) {
                 out.extend(word(at));
                 at += 8;
             }

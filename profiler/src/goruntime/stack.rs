@@ -77,7 +77,7 @@ fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
     let word = |addr: u64| -> Option<u64> {
         if let Some(w) = window
             && addr >= lo
-            && addr + 8 <= window_end
+            && addr.checked_add(8).is_some_and(|end| end <= window_end)
         {
             let i = (addr - lo) as usize;
             return Some(u64::from_le_bytes(w.get(i..i + 8)?.try_into().ok()?));
@@ -86,7 +86,11 @@ fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
     };
     let mut bp = g.sched_bp;
     while pcs.len() < MAX_FRAMES {
-        if bp < g.stack_lo || bp + 16 > g.stack_hi || !bp.is_multiple_of(8) {
+        // A torn read can hand us any bp: no arithmetic on it before it is bounded.
+        if bp < g.stack_lo
+            || bp.checked_add(16).is_none_or(|end| end > g.stack_hi)
+            || !bp.is_multiple_of(8)
+        {
             break;
         }
         let (Some(next_bp), Some(ret)) = (word(bp), word(bp + 8)) else {
