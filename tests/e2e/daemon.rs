@@ -90,7 +90,7 @@ impl Daemon {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
-    fn stop(mut self) -> Option<i32> {
+    fn stop(&mut self) -> Option<i32> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -106,6 +106,16 @@ impl Daemon {
     }
 }
 
+impl Drop for Daemon {
+    /// A failed assertion must not leave a daemon running (it would follow later tests' fixtures).
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Value of a metric series whose labels contain all of `labels`.
 fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
     metrics
@@ -117,7 +127,7 @@ fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 #[test]
 fn daemon_follows_processes_as_they_come_and_go() {
-    let daemon = Daemon::start(&["--exe-regex", "/target/fixtures/1\\.26/plain/"]);
+    let mut daemon = Daemon::start(&["--exe-regex", "/target/fixtures/1\\.26/plain/"]);
     assert_eq!(daemon.get("/healthz").0, 200);
     let (a, b, c) = (
         fixture("abandoned_sender", "1.26", "plain"),
@@ -199,7 +209,7 @@ fn daemon_follows_processes_as_they_come_and_go() {
 
 #[test]
 fn daemon_memory_stays_bounded_across_process_churn() {
-    let daemon = Daemon::start(&[
+    let mut daemon = Daemon::start(&[
         "--exe-regex",
         "/target/fixtures/1\\.21/plain/idle_worker_pool$",
     ]);
@@ -252,7 +262,7 @@ fn daemon_rejects_bad_input_and_keeps_serving() {
     let go = RunningFixture::start(&binary.path);
     let sleeper_pid = sleeper.id().to_string();
     let go_pid = go.pid().to_string();
-    let daemon = Daemon::start(&["--pid", &sleeper_pid, "--pid", &go_pid]);
+    let mut daemon = Daemon::start(&["--pid", &sleeper_pid, "--pid", &go_pid]);
     daemon.wait_until("the Go process is snapshotted", |d| {
         d.has_snapshot_of(go.pid())
     });
