@@ -59,3 +59,20 @@ pub fn find(fixture: &str, release: &str, variant: &str) -> Option<TestBinary> {
         .into_iter()
         .find(|b| b.fixture == fixture && b.release == release && b.variant == variant)
 }
+
+/// Every stripped binary with its unstripped twin of the same build mode (stripped ↔ plain,
+/// pie-stripped ↔ pie): what a stripped binary reveals must equal what the twin's symbols say.
+pub fn stripped_twins() -> Vec<(TestBinary, TestBinary)> {
+    all()
+        .into_iter()
+        .filter_map(|bin| {
+            let twin_variant = match bin.variant.as_str() {
+                "stripped" => "plain",
+                "pie-stripped" => "pie",
+                _ => return None,
+            };
+            let twin = find(&bin.fixture, &bin.release, twin_variant)?;
+            Some((bin, twin))
+        })
+        .collect()
+}

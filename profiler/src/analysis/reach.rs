@@ -194,28 +194,10 @@ impl<'h, 'm> Marker<'h, 'm> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::goruntime::heap::{HeapLayout, PAGE_SIZE, PAGES_PER_ARENA, SPAN_IN_USE};
-    use crate::goruntime::layout::Field;
+    use crate::goruntime::heap::{PAGE_SIZE, PAGES_PER_ARENA, SPAN_IN_USE};
     use crate::remote::memory::RecordedMemory;
 
-    fn f(offset: usize, size: usize) -> Field {
-        Field { offset, size }
-    }
-
-    fn layout() -> HeapLayout {
-        HeapLayout {
-            mheap_arenas: 0x100,
-            heap_arena_spans: 0,
-            span_size: 160,
-            start_addr: f(24, 8),
-            npages: f(32, 8),
-            nelems: f(50, 2),
-            spanclass: f(98, 1),
-            state: f(99, 1),
-            elemsize: f(104, 8),
-            limit: f(112, 8),
-        }
-    }
+    use crate::goruntime::heap::tests::layout;
 
     fn span_record(start: u64, nelems: u16, elemsize: u64, noscan: bool) -> Vec<u8> {
         let mut r = vec![0u8; 160];

@@ -18,7 +18,7 @@ use parkscope::probes::session::{self, Summary};
 use parkscope::probes::{self, Output, ProbeGroup, TraceOptions};
 use serde::Serialize;
 
-use super::trace::parse_duration;
+use super::trace::{GovernorArgs, parse_duration};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -34,16 +34,9 @@ pub struct ProbeArgs {
     /// waker site of channel operations, at a higher probe rate).
     #[arg(long, default_value = "park,locks", value_parser = parse_probe_list)]
     pub probes: ProbeList,
-    /// CPU the probes may cost the target, in percent of one core; a group over it is
-    /// detached for a back-off period and the output marks that window partial.
-    #[arg(long, default_value_t = 1.0)]
-    pub budget_percent: f64,
-    /// First back-off after the governor detaches a group (doubles on repeat).
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
-    pub backoff: Duration,
-    /// Skip measuring the per-hit uprobe cost at startup (use the documented default).
-    #[arg(long)]
-    pub no_calibrate: bool,
+    /// A window in which the governor detached a group is marked partial in the output.
+    #[command(flatten)]
+    pub governor: GovernorArgs,
 }
 
 #[derive(Clone)]
@@ -59,16 +52,7 @@ fn parse_probe_list(s: &str) -> Result<ProbeList, String> {
 
 impl ProbeArgs {
     pub fn options(&self, pid: u32) -> Result<TraceOptions, InspectError> {
-        if !(self.budget_percent > 0.0 && self.budget_percent <= 100.0) {
-            return Err(InspectError::io(
-                "--budget-percent",
-                std::io::Error::other("must be in (0, 100]"),
-            ));
-        }
-        let mut opts = TraceOptions::new(pid, self.probes.0.clone());
-        opts.budget = self.budget_percent / 100.0;
-        opts.backoff = self.backoff;
-        opts.calibrate = !self.no_calibrate;
+        let mut opts = self.governor.options(pid, self.probes.0.clone())?;
         opts.raw = true;
         Ok(opts)
     }

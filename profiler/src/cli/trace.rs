@@ -22,8 +22,15 @@ pub struct TraceArgs {
     /// JSON lines on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub governor: GovernorArgs,
+}
+
+/// The overhead governor's settings, shared by every probe-driven command.
+#[derive(Args, Clone)]
+pub struct GovernorArgs {
     /// CPU the probes may cost the target, in percent of one core; a group over it is
-    /// detached for a back-off period.
+    /// detached for a back-off period (and the output says so).
     #[arg(long, default_value_t = 1.0)]
     pub budget_percent: f64,
     /// First back-off after the governor detaches a group (doubles on repeat).
@@ -32,6 +39,23 @@ pub struct TraceArgs {
     /// Skip measuring the per-hit uprobe cost at startup (use the documented default).
     #[arg(long)]
     pub no_calibrate: bool,
+}
+
+impl GovernorArgs {
+    /// Session options for `pid` and `groups` under these governor settings.
+    pub fn options(&self, pid: u32, groups: Vec<ProbeGroup>) -> Result<TraceOptions, InspectError> {
+        if !(self.budget_percent > 0.0 && self.budget_percent <= 100.0) {
+            return Err(InspectError::io(
+                "--budget-percent",
+                std::io::Error::other("must be in (0, 100]"),
+            ));
+        }
+        let mut opts = TraceOptions::new(pid, groups);
+        opts.budget = self.budget_percent / 100.0;
+        opts.backoff = self.backoff;
+        opts.calibrate = !self.no_calibrate;
+        Ok(opts)
+    }
 }
 
 #[derive(Clone)]
@@ -64,17 +88,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
-    if !(args.budget_percent > 0.0 && args.budget_percent <= 100.0) {
-        return Err(InspectError::io(
-            "--budget-percent",
-            std::io::Error::other("must be in (0, 100]"),
-        ));
-    }
-    let mut opts = TraceOptions::new(args.pid, args.probes.0.clone());
+    let mut opts = args.governor.options(args.pid, args.probes.0.clone())?;
     opts.duration = args.duration;
-    opts.budget = args.budget_percent / 100.0;
-    opts.backoff = args.backoff;
-    opts.calibrate = !args.no_calibrate;
     let json = args.json;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

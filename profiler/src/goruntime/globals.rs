@@ -145,13 +145,7 @@ mod tests {
 
     #[test]
     fn stripped_binaries_reveal_the_same_globals_as_their_symbols() {
-        for bin in testbins::all() {
-            let twin_variant = match bin.variant.as_str() {
-                "stripped" => "plain",
-                "pie-stripped" => "pie",
-                _ => continue,
-            };
-            let twin = testbins::find(&bin.fixture, &bin.release, twin_variant).unwrap();
+        for (bin, twin) in testbins::stripped_twins() {
             let (stripped_bytes, plain_bytes) = (
                 std::fs::read(&bin.path).unwrap(),
                 std::fs::read(&twin.path).unwrap(),

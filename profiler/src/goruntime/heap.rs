@@ -283,7 +283,7 @@ pub fn decode_span(layout: &HeapLayout, addr: u64, record: &[u8]) -> Option<Span
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::remote::memory::RecordedMemory;
 
@@ -291,8 +291,8 @@ mod tests {
         Field { offset, size }
     }
 
-    /// The Go 1.22–1.27 mspan layout.
-    fn layout() -> HeapLayout {
+    /// The Go 1.22–1.27 mspan layout (also used by the reachability tests).
+    pub(crate) fn layout() -> HeapLayout {
         HeapLayout {
             mheap_arenas: 0x100,
             heap_arena_spans: 0,
@@ -368,13 +368,7 @@ mod tests {
     #[test]
     fn stripped_binaries_find_mheap_where_the_symbol_is() {
         use crate::testbins;
-        for bin in testbins::all() {
-            let twin_variant = match bin.variant.as_str() {
-                "stripped" => "plain",
-                "pie-stripped" => "pie",
-                _ => continue,
-            };
-            let twin = testbins::find(&bin.fixture, &bin.release, twin_variant).unwrap();
+        for (bin, twin) in testbins::stripped_twins() {
             let (sb, pb) = (
                 std::fs::read(&bin.path).unwrap(),
                 std::fs::read(&twin.path).unwrap(),
