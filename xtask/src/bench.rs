@@ -9,10 +9,12 @@
 //! and of hits/s, plus the uprobe floor parkscope measures at startup (one calibration run; the
 //! measured windows use --no-calibrate, so a noisy calibration cannot make the governor detach a
 //! group mid-window). Workloads: trace_pingpong (channel ping-pong, the worst case for channel
-//! probes) and bench_mutex (one contended sync.Mutex). Results go to target/bench/probes.{md,json}.
+//! probes), bench_mutex (one contended sync.Mutex) and bench_http (a JSON API on net/http under
+//! in-process keep-alive load: a mutex-protected cache, a fan-out handler). Results go to
+//! target/bench/probes.{md,json}.
 //!
-//! Not covered yet: the HTTP workload, and ns per hit of each program against an empty uprobe on
-//! the same function (the startup floor is measured on our own process instead).
+//! Not covered yet: ns per hit of each program against an empty uprobe on the same function (the
+//! startup floor is measured on our own process instead).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,6 +40,11 @@ const WORKLOADS: &[(&str, &str, &[&str])] = &[
         &["lifecycle", "park", "channels", "locks"],
     ),
     ("bench_mutex", "increments", &["lifecycle", "park", "locks"]),
+    (
+        "bench_http",
+        "requests",
+        &["lifecycle", "park", "channels", "locks"],
+    ),
 ];
 
 #[derive(Serialize)]
