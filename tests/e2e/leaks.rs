@@ -67,11 +67,15 @@ fn check(binary: &FixtureBinary) -> Outcome {
             )
         })
         .collect();
-    let ours: HashSet<i64> = verdicts
-        .iter()
-        .filter(|(_, v)| *v == "leaked")
-        .map(|(g, _)| *g)
-        .collect();
+    let with_verdict = |wanted: &str| -> HashSet<i64> {
+        verdicts
+            .iter()
+            .filter(|(_, v)| *v == wanted)
+            .map(|(g, _)| *g)
+            .collect()
+    };
+    let ours = with_verdict("leaked");
+    let ours_deadlocked = with_verdict("deadlocked");
     // Findings and verdicts agree.
     let in_findings: HashSet<i64> = report["findings"]
         .as_array()
@@ -80,7 +84,13 @@ fn check(binary: &FixtureBinary) -> Outcome {
         .flat_map(|f| f["goids"].as_array().unwrap().iter())
         .map(|g| g.as_i64().unwrap())
         .collect();
-    assert_eq!(in_findings, ours, "{ctx}: findings vs verdicts");
+    assert_eq!(
+        in_findings,
+        &ours | &ours_deadlocked,
+        "{ctx}: findings vs verdicts"
+    );
+    assert_eq!(report["leaked"], ours.len(), "{ctx}");
+    assert_eq!(report["deadlocked"], ours_deadlocked.len(), "{ctx}");
 
     let truth: HashMap<i64, _> = running
         .truth
@@ -92,32 +102,53 @@ fn check(binary: &FixtureBinary) -> Outcome {
     let mut false_positives = Vec::new();
     let mut expected_leaked = 0;
     for g in &running.truth.goroutines {
-        let leaked = ours.contains(&g.goid);
-        if g.expect == "leaked" {
+        let ours_says = verdicts.get(&g.goid).map(String::as_str);
+        let flagged = matches!(ours_says, Some("leaked" | "deadlocked"));
+        if g.expect == "leaked" || g.expect == "deadlocked" {
             expected_leaked += 1;
-            if !leaked {
-                missed.push(format!(
-                    "goid {} [{}] {} (ours: {:?})",
-                    g.goid,
-                    g.wait_reason,
-                    g.role,
-                    verdicts.get(&g.goid)
-                ));
+            if ours_says == Some(g.expect.as_str()) {
+                continue;
             }
-        } else if leaked {
+            let line = format!(
+                "goid {} expected {} [{}] {} (ours: {:?})",
+                g.goid, g.expect, g.wait_reason, g.role, ours_says
+            );
+            // The other verdict is a wrong claim, not a miss: leaked says nothing can reach
+            // the primitive, deadlocked says something can and is stuck.
+            if flagged {
+                false_positives.push(line);
+            } else {
+                missed.push(line);
+            }
+        } else if flagged {
             false_positives.push(format!(
-                "goid {} expected {} [{}] {}",
-                g.goid, g.expect, g.wait_reason, g.role
+                "goid {} expected {} [{}] {} (ours: {:?})",
+                g.goid, g.expect, g.wait_reason, g.role, ours_says
             ));
         }
     }
-    // Goroutines the fixture does not list are runtime and library goroutines: never leaked.
-    for goid in &ours {
+    // Goroutines the fixture does not list are runtime and library goroutines: never flagged.
+    for goid in ours.iter().chain(&ours_deadlocked) {
         if !truth.contains_key(goid) {
-            false_positives.push(format!("goid {goid}: not in truth.json (runtime/library)"));
+            let finding = report["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["goids"].as_array().unwrap().iter().any(|g| g == goid));
+            false_positives.push(format!(
+                "goid {goid}: not in truth.json (runtime/library); finding {}",
+                finding
+                    .map(|f| {
+                        format!(
+                            "{} [{}] at {} ({}), scans {}",
+                            f["kind"], f["wait_reason"], f["site"], f["evidence"], report["scans"]
+                        )
+                    })
+                    .unwrap_or_default()
+            ));
         }
     }
-    let want_code = if ours.is_empty() { 0 } else { 3 };
+    let want_code = if in_findings.is_empty() { 0 } else { 3 };
     let scan_ms = report["scans"]
         .as_array()
         .unwrap()

@@ -8,8 +8,8 @@
 //!    select or a sync primitive whose address we know; nil-channel waits and `select {}` outside
 //!    main are leaked outright; everything else is a root;
 //! 3. roots: `.data` and `.bss`; the stacks of root goroutines (parked ones from `sched.sp`,
-//!    running and syscall ones whole) and their g's pointer fields (`_defer`, `_panic`, `param`,
-//!    `labels`, `timer`, `ancestors`), scanned conservatively;
+//!    running and syscall ones whole) and their g's pointer fields (`sched.ctxt`, `_defer`,
+//!    `_panic`, `param`, `labels`, `timer`, `ancestors`), scanned conservatively;
 //! 4. mark through the heap, never scanning g records (allgs) or sudogs (`g.waiting` chains and
 //!    the semaphore table): those are the runtime's back-links to what goroutines wait on;
 //! 5. fixpoint: a candidate whose blocking object got marked, or is not a heap object, can still
@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::analysis::deadlocks::{self, LockWait, LockWaitKind};
+use crate::analysis::holders::HolderFinder;
 use crate::analysis::reach::{MarkStats, Marker};
 use crate::analysis::stackscan::{StackScanStats, StackScanner};
 use crate::error::InspectError;
@@ -49,6 +51,7 @@ pub struct LeakTarget<'t, 'd> {
     g_defer: Option<Field>,
     g_panic: Option<Field>,
     g_syscallsp: Option<Field>,
+    g_syscallpc: Option<Field>,
     g_size: usize,
     /// Scan parked goroutines' stacks with the compiler's stack maps (else conservatively).
     pub precise_stacks: bool,
@@ -72,7 +75,10 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             (md.data.wrapping_add(bias), md.edata.wrapping_add(bias)),
             (md.bss.wrapping_add(bias), md.ebss.wrapping_add(bias)),
         ];
+        // `sched.ctxt` holds the closure of a goroutine created but not yet run (and of one
+        // parked in morestack): its captured channels and wait groups are live.
         let g_pointer_fields = [
+            "g.sched.ctxt",
             "g._defer",
             "g._panic",
             "g.param",
@@ -97,6 +103,7 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             g_defer: field("g._defer"),
             g_panic: field("g._panic"),
             g_syscallsp: field("g.syscallsp"),
+            g_syscallpc: field("g.syscallpc"),
             precise_stacks: true,
             stacks: StackScanner::new(binary, bias),
             target,
@@ -119,6 +126,11 @@ pub enum Why {
     NilChannel,
     /// `select {}` outside main.
     SelectNoCases,
+    /// Waits for a lock on a wait cycle: each member waits for a lock the next one holds.
+    WaitCycle,
+    /// Waits for a lock whose holder (or the writer it queues behind) never proceeds: it is
+    /// on a wait cycle or leaked.
+    BehindDeadlock,
 }
 
 impl Why {
@@ -131,6 +143,22 @@ impl Why {
             }
             Why::NilChannel => "operation on a nil channel: it blocks forever",
             Why::SelectNoCases => "select {} with no cases: it blocks forever",
+            Why::WaitCycle => {
+                "it waits for a lock on a cycle of lock waits in which every member is parked; \
+                 holders are known from their pending deferred unlocks"
+            }
+            Why::BehindDeadlock => {
+                "it waits for a lock held (or queued for) by a goroutine that never proceeds; \
+                 holders are known from their pending deferred unlocks"
+            }
+        }
+    }
+
+    /// The verdict this reason leads to.
+    pub fn verdict(self) -> &'static str {
+        match self {
+            Why::WaitCycle | Why::BehindDeadlock => "deadlocked",
+            Why::Unreachable | Why::NilChannel | Why::SelectNoCases => "leaked",
         }
     }
 }
@@ -142,6 +170,15 @@ pub struct Flag {
     pub g_addr: u64,
     pub park_key: (u32, u8, u64, u64, Option<u64>),
     pub why: Why,
+    /// For a deadlock: the chain of waits, in words.
+    pub detail: Option<String>,
+}
+
+impl Flag {
+    /// Two scans agree on a goroutine when it held still and was flagged for the same reason.
+    fn agrees_with(&self, other: &Flag) -> bool {
+        self.park_key == other.park_key && self.why == other.why
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -153,6 +190,10 @@ pub struct ScanStats {
     /// Candidates found wakeable by the fixpoint.
     pub promoted: usize,
     pub flagged: usize,
+    /// Goroutines parked on a Mutex or RWMutex, and the locks found held through pending
+    /// deferred unlocks.
+    pub lock_waiters: usize,
+    pub locks_held: usize,
     /// Flagged by reachability but changed under the reader: not flagged.
     pub moved: usize,
     /// g records that could not be decoded (their stacks are not roots in this scan).
@@ -344,13 +385,16 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
     drop(marker);
     stats.heap_metadata_bytes = heap.bytes_read;
 
+    let leaked: Vec<(&Goroutine, Why, Option<String>)> = blocked
+        .into_iter()
+        .map(|g| (g, Why::Unreachable, None))
+        .chain(outright.into_iter().map(|(g, why)| (g, why, None)))
+        .collect();
+    let deadlocked = find_deadlocks(lt, mem, &snapshot, &raw_of, &leaked, &mut stats);
+
     // Only what held still while we looked.
     let mut flags = Vec::new();
-    let flagged = blocked
-        .into_iter()
-        .map(|g| (g, Why::Unreachable))
-        .chain(outright);
-    for (g, why) in flagged {
+    for (g, why, detail) in leaked.into_iter().chain(deadlocked) {
         let Some(before) = raw_of.get(&g.g_addr) else {
             stats.moved += 1;
             continue;
@@ -362,6 +406,7 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
                     g_addr: g.g_addr,
                     park_key: after.park_key(),
                     why,
+                    detail,
                 });
             }
             _ => stats.moved += 1,
@@ -374,6 +419,80 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
         flags,
         stats,
     })
+}
+
+/// Lock waiters that can never proceed: on a wait cycle through lock holders, or behind a
+/// goroutine that is on one or leaked. Holders come from pending deferred unlocks of parked
+/// goroutines (a running goroutine's stack is not stable enough to read; it can proceed anyway).
+fn find_deadlocks<'s>(
+    lt: &LeakTarget<'_, '_>,
+    mem: &dyn Memory,
+    snapshot: &'s Snapshot,
+    raw_of: &HashMap<u64, &RawG>,
+    leaked: &[(&Goroutine, Why, Option<String>)],
+    stats: &mut ScanStats,
+) -> Vec<(&'s Goroutine, Why, Option<String>)> {
+    let waits: Vec<LockWait> = snapshot
+        .goroutines
+        .iter()
+        .filter(|g| g.status.is_parked() && !g.unstable && g.blocked_on.len() == 1)
+        .filter_map(|g| {
+            let on = &g.blocked_on[0];
+            let kind = LockWaitKind::of(on.kind, g.wait_reason.as_deref()?)?;
+            Some(LockWait {
+                goid: g.goid,
+                addr: on.addr,
+                kind,
+            })
+        })
+        .collect();
+    stats.lock_waiters = waits.len();
+    if waits.is_empty() {
+        return Vec::new();
+    }
+    let finder = HolderFinder::new(&lt.target.binary, lt.target.load_bias, &lt.stacks);
+    let mut holders = BTreeMap::new();
+    for g in &snapshot.goroutines {
+        if !g.status.is_parked() || g.unstable {
+            continue;
+        }
+        let Some(raw) = raw_of.get(&g.g_addr) else {
+            continue;
+        };
+        let defer_head = lt
+            .g_defer
+            .and_then(|f| mem.read_u64(raw.addr + f.offset as u64).ok())
+            .unwrap_or(0);
+        let held = finder.held_by(mem, raw, defer_head);
+        if !held.is_empty() {
+            stats.locks_held += held.len();
+            holders.insert(g.goid, held);
+        }
+    }
+    let edges = deadlocks::wait_for_edges(&waits, &holders);
+    let leaked_goids: HashSet<i64> = leaked.iter().map(|(g, _, _)| g.goid).collect();
+    let found = deadlocks::deadlocked(&edges, &leaked_goids);
+    let kind_of: HashMap<u64, &'static str> = snapshot
+        .goroutines
+        .iter()
+        .flat_map(|g| g.blocked_on.iter().map(|b| (b.addr, b.kind.as_str())))
+        .collect();
+    snapshot
+        .goroutines
+        .iter()
+        .filter_map(|g| {
+            let d = found.get(&g.goid)?;
+            let why = if d.on_cycle {
+                Why::WaitCycle
+            } else {
+                Why::BehindDeadlock
+            };
+            let text = deadlocks::describe(g.goid, d, |addr| {
+                kind_of.get(&addr).copied().unwrap_or("lock")
+            });
+            Some((g, why, Some(text)))
+        })
+        .collect()
 }
 
 /// A goroutine that can run (or be woken): its stack and its g's pointer fields are roots.
@@ -402,12 +521,33 @@ fn scan_goroutine(
             }
         }
     }
-    if lt.precise_stacks && (g.status.is_parked() || g.status == Status::Runnable) {
+    // A goroutine in a system call saved where it entered it: from there its frames unwind
+    // like a parked one's (the GC does the same). Scanning them whole would read the stale
+    // slots a reused stack keeps from the goroutine that ran on it before.
+    let syscallsp = field(lt.g_syscallsp);
+    let syscallpc = field(lt.g_syscallpc);
+    let at_syscall = (g.status == Status::Syscall
+        && syscallpc != 0
+        && syscallsp > raw.stack_lo
+        && syscallsp < raw.stack_hi)
+        .then(|| RawG {
+            sched_pc: syscallpc,
+            sched_sp: syscallsp,
+            ..raw.clone()
+        });
+    let unwind_from = if g.status.is_parked() || g.status == Status::Runnable {
+        Some(raw)
+    } else {
+        at_syscall.as_ref()
+    };
+    if lt.precise_stacks
+        && let Some(unwind_from) = unwind_from
+    {
         let mut words = Vec::new();
         let before = stack_stats.fallbacks;
         lt.stacks.live_words(
             mem,
-            raw,
+            unwind_from,
             field(lt.g_defer),
             field(lt.g_panic),
             &mut words,
@@ -425,7 +565,6 @@ fn scan_goroutine(
     // Registers of a running goroutine are invisible and its saved SP is stale: scan the whole
     // stack. A parked (or runnable, preempted) one saved its SP, one in a system call its
     // syscallsp: nothing below those is live (stale frames of earlier calls live there).
-    let syscallsp = field(lt.g_syscallsp);
     let lo = if g.status.is_parked() || g.status == Status::Runnable {
         raw.sched_sp.clamp(raw.stack_lo, raw.stack_hi)
     } else if g.status == Status::Syscall && syscallsp > raw.stack_lo && syscallsp < raw.stack_hi {
@@ -440,12 +579,12 @@ fn scan_goroutine(
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
     pub goid: i64,
-    /// `leaked`, or the goroutine's state: `blocked` (parked on a primitive still reachable),
+    /// `leaked`, `deadlocked`, or the goroutine's state: `blocked` (parked on a primitive still reachable),
     /// `waiting`, `running`, `runnable`, `syscall`, ….
     pub verdict: String,
 }
 
-/// A group of leaked goroutines parked at the same place for the same reason.
+/// A group of leaked (or deadlocked) goroutines parked at the same place for the same reason.
 #[derive(Clone, Debug, Serialize)]
 pub struct Finding {
     pub kind: &'static str,
@@ -474,6 +613,7 @@ pub struct LeakReport {
     pub scans: Vec<ScanStats>,
     pub goroutines: usize,
     pub leaked: usize,
+    pub deadlocked: usize,
     pub findings: Vec<Finding>,
     pub verdicts: Vec<Verdict>,
     /// What this version does not detect: stated, not silently missing.
@@ -481,8 +621,11 @@ pub struct LeakReport {
 }
 
 pub const LIMITATIONS: &[&str] = &[
-    "deadlocks on reachable locks (AB-BA, self re-lock, RLock-Lock-RLock) are not detected: \
-     finding them needs lock holders, which memory alone does not record",
+    "deadlocks are found through lock holders known from pending deferred unlocks \
+     (`mu.Lock(); defer mu.Unlock()`); a lock released by an explicit Unlock later in the \
+     function has no known holder, so its waiters stay `blocked`",
+    "a wait that runs through a channel still reachable from a live goroutine (a lock held \
+     across a send on a global channel) is not proven stuck: those goroutines stay `blocked`",
     "stacks are scanned conservatively: a stale pointer in a dead stack slot can hide a leak \
      (never invent one)",
     "sync.Cond waiters are candidates only on Go 1.26+ (older runtimes do not link them from the \
@@ -513,7 +656,7 @@ pub fn detect(
             None => flags,
             Some(prev) => prev
                 .into_iter()
-                .filter(|(goid, f)| flags.get(goid) == Some(f))
+                .filter(|(goid, f)| flags.get(goid).is_some_and(|now| now.agrees_with(f)))
                 .collect(),
         });
         stats.push(scan.stats.clone());
@@ -549,7 +692,7 @@ fn report(
                     ))
                     .or_default()
                     .push(g);
-                "leaked".to_string()
+                flag.why.verdict().to_string()
             }
             None if g.status.is_parked()
                 && g.wait_reason.as_deref().is_some_and(is_candidate_reason) =>
@@ -572,15 +715,20 @@ fn report(
                 .collect();
             objects.sort_by_key(|b| b.addr);
             objects.dedup();
+            let detail = confirmed
+                .get(&gs[0].goid)
+                .and_then(|f| f.detail.as_deref())
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
             Finding {
-                kind: "leaked",
+                kind: why.verdict(),
                 why,
                 wait_reason,
                 site,
                 count: gs.len(),
                 goids: gs.iter().map(|g| g.goid).collect(),
                 objects,
-                evidence: why.evidence().to_string(),
+                evidence: format!("{}{detail}", why.evidence()),
                 parked_for_ns: gs.iter().filter_map(|g| g.parked_for_ns).max(),
                 created_by: gs[0].created_by.clone(),
                 stack: gs[0].stack.clone(),
@@ -596,7 +744,14 @@ fn report(
         interval_ms,
         scans,
         goroutines: snapshot.goroutines.len(),
-        leaked: confirmed.len(),
+        leaked: confirmed
+            .values()
+            .filter(|f| f.why.verdict() == "leaked")
+            .count(),
+        deadlocked: confirmed
+            .values()
+            .filter(|f| f.why.verdict() == "deadlocked")
+            .count(),
         findings,
         verdicts,
         limitations: LIMITATIONS.to_vec(),

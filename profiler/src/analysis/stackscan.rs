@@ -9,6 +9,7 @@
 //! frame is scanned conservatively: a miss at worst, never a false verdict.
 
 use crate::gobin::GoBinary;
+use crate::gobin::pclntab::FuncInfo;
 use crate::goruntime::goroutines::RawG;
 use crate::remote::memory::Memory;
 
@@ -176,6 +177,102 @@ impl<'a, 'd> StackScanner<'a, 'd> {
         }
     }
 
+    /// The `fn` closure of every `_defer` record on the chain starting at `head` (`g._defer`):
+    /// defers the compiler could not open-code (in loops, or too many in one function).
+    pub fn deferred_closures(&self, mem: &dyn Memory, head: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut d = head;
+        for _ in 0..10_000 {
+            if d == 0 {
+                break;
+            }
+            if let Ok(closure) = mem.read_u64(d + self.defer_fn)
+                && closure != 0
+            {
+                out.push(closure);
+            }
+            match mem.read_u64(d + self.defer_link) {
+                Ok(next) if next != d => d = next,
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Where the frame at (`pc`, `sp`) lies, from the function's pcsp table, as the runtime's
+    /// unwinder computes it: `fp` just above the return address, `varp` below the saved frame
+    /// pointer.
+    fn geometry(&self, pc: u64, sp: u64, hi: u64) -> Result<Geometry, &'static str> {
+        let pclntab = &self.binary.pclntab;
+        let link_pc = pc.wrapping_sub(self.bias);
+        let func = pclntab.func_for_pc(link_pc).ok_or("u1")?;
+        if func.name == "runtime.goexit" {
+            return Ok(Geometry::Bottom);
+        }
+        if func.name == "runtime.asyncPreempt" || func.name.starts_with("runtime.debugCall") {
+            return Err("u2");
+        }
+        let delta = pclntab.sp_delta(&func, link_pc).ok_or("u3")?;
+        if delta < 0 {
+            return Err("u4");
+        }
+        let fp = sp
+            .checked_add(delta as u64 + 8)
+            .filter(|&fp| fp <= hi)
+            .ok_or("u5")?;
+        let mut varp = fp - 8;
+        if varp > sp {
+            varp -= 8; // the saved frame pointer
+        }
+        Ok(Geometry::Frame {
+            func,
+            link_pc,
+            fp,
+            varp,
+        })
+    }
+
+    /// The frames of a parked goroutine's stack, innermost first, as far as they can be
+    /// unwound (a frame that cannot be decoded ends the list).
+    pub fn frames(&self, mem: &dyn Memory, g: &RawG) -> Vec<FrameAt> {
+        let (lo, hi) = (g.sched_sp, g.stack_hi);
+        let mut out = Vec::new();
+        if lo < g.stack_lo || lo >= hi || hi - lo > MAX_STACK || lo % 8 != 0 {
+            return out;
+        }
+        let Ok(stack) = mem.read_vec(lo, (hi - lo) as usize) else {
+            return out;
+        };
+        let (mut pc, mut sp) = (g.sched_pc, g.sched_sp);
+        for _ in 0..MAX_FRAMES {
+            let Ok(Geometry::Frame {
+                func,
+                link_pc,
+                fp,
+                varp,
+            }) = self.geometry(pc, sp, hi)
+            else {
+                break;
+            };
+            let ret = stack
+                .get((fp - 8 - lo) as usize..(fp - lo) as usize)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .unwrap_or(0);
+            out.push(FrameAt {
+                func,
+                pc: link_pc,
+                sp,
+                varp,
+            });
+            if ret == 0 {
+                break;
+            }
+            pc = ret;
+            sp = fp;
+        }
+        out
+    }
+
     fn frame(
         &self,
         pc: u64,
@@ -185,30 +282,16 @@ impl<'a, 'd> StackScanner<'a, 'd> {
         out: &mut Vec<u64>,
     ) -> Frame {
         let pclntab = &self.binary.pclntab;
-        let link_pc = pc.wrapping_sub(self.bias);
-        let Some(f) = pclntab.func_for_pc(link_pc) else {
-            return Frame::Undecodable("u1");
+        let (f, link_pc, fp, varp) = match self.geometry(pc, sp, hi) {
+            Ok(Geometry::Frame {
+                func,
+                link_pc,
+                fp,
+                varp,
+            }) => (func, link_pc, fp, varp),
+            Ok(Geometry::Bottom) => return Frame::Done,
+            Err(why) => return Frame::Undecodable(why),
         };
-        if f.name == "runtime.goexit" {
-            return Frame::Done;
-        }
-        if f.name == "runtime.asyncPreempt" || f.name.starts_with("runtime.debugCall") {
-            return Frame::Undecodable("u2");
-        }
-        let Some(delta) = pclntab.sp_delta(&f, link_pc) else {
-            return Frame::Undecodable("u3");
-        };
-        if delta < 0 {
-            return Frame::Undecodable("u4");
-        }
-        let fp = sp + delta as u64 + 8;
-        if fp > hi {
-            return Frame::Undecodable("u5");
-        }
-        let mut varp = fp - 8;
-        if varp > sp {
-            varp -= 8; // the saved frame pointer
-        }
         let argp = fp;
         let index = if link_pc != f.entry {
             pclntab
@@ -291,6 +374,28 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             _ => Frame::Undecodable("u15"),
         }
     }
+}
+
+/// One unwound frame of a goroutine's stack.
+#[derive(Clone, Debug)]
+pub struct FrameAt {
+    pub func: FuncInfo,
+    /// Link-time pc (the return address for every frame but the innermost).
+    pub pc: u64,
+    pub sp: u64,
+    /// Base of the frame's locals (the runtime's `varp`): open-coded defer slots are below it.
+    pub varp: u64,
+}
+
+enum Geometry {
+    /// `runtime.goexit`: the bottom of every goroutine stack.
+    Bottom,
+    Frame {
+        func: FuncInfo,
+        link_pc: u64,
+        fp: u64,
+        varp: u64,
+    },
 }
 
 enum Frame {

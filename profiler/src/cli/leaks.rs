@@ -58,5 +58,9 @@ pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
     std::io::stdout()
         .write_all(&bytes)
         .map_err(|e| InspectError::io("writing to stdout", e))?;
-    Ok(if report.leaked > 0 { FOUND } else { 0 })
+    Ok(if report.leaked + report.deadlocked > 0 {
+        FOUND
+    } else {
+        0
+    })
 }

@@ -50,6 +50,28 @@ pub fn analyze(code: &[u8], entry: u64) -> CodeFacts {
     }
 }
 
+/// What a small function's body consists of: the address of every instruction and the target
+/// of every direct `call`. Enough to tell what a deferred-call wrapper does, together with the
+/// inline tree at each instruction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CodeShape {
+    pub instructions: Vec<u64>,
+    pub call_targets: Vec<u64>,
+}
+
+/// Decode `code` (a whole function at link-time address `entry`) into its [`CodeShape`].
+pub fn shape(code: &[u8], entry: u64) -> CodeShape {
+    let instructions = decode_all(code, entry);
+    CodeShape {
+        call_targets: instructions
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Call && i.op0_kind() == OpKind::NearBranch64)
+            .map(|i| i.near_branch64())
+            .collect(),
+        instructions: instructions.iter().map(|i| i.ip()).collect(),
+    }
+}
+
 fn decode_all(code: &[u8], entry: u64) -> Vec<Instruction> {
     let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
     let mut out = Vec::new();
@@ -117,6 +139,19 @@ fn find_attach_point(instructions: &[Instruction], entry: u64) -> (u64, AttachKi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_lists_instructions_and_direct_call_targets() {
+        // mov 0x8(%rdx),%rax ; call rel32 (+0x10 past its end) ; ret
+        let code = [
+            0x48, 0x8b, 0x42, 0x08, // mov rax,[rdx+8]
+            0xe8, 0x10, 0x00, 0x00, 0x00, // call
+            0xc3, // ret
+        ];
+        let s = shape(&code, 0x1000);
+        assert_eq!(s.instructions, vec![0x1000, 0x1004, 0x1009]);
+        assert_eq!(s.call_targets, vec![0x1009 + 0x10]);
+    }
 
     #[test]
     fn finds_push_after_small_frame_stack_check() {

@@ -10,12 +10,13 @@ pub fn render(report: &LeakReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pid {} ({}) {} — {} goroutines, {} leaked in {} finding(s), taken {}",
+        "pid {} ({}) {} — {} goroutines, {} leaked and {} deadlocked in {} finding(s), taken {}",
         report.pid,
         report.executable,
         report.go_version,
         report.goroutines,
         report.leaked,
+        report.deadlocked,
         report.findings.len(),
         report.taken_at
     );
@@ -61,7 +62,7 @@ pub fn render(report: &LeakReport) -> String {
         }
     }
     if report.findings.is_empty() {
-        let _ = writeln!(out, "\nno leaked goroutine found");
+        let _ = writeln!(out, "\nno leaked or deadlocked goroutine found");
     }
     let times: Vec<String> = report
         .scans

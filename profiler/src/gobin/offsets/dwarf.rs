@@ -121,6 +121,7 @@ pub const FIELDS: &[FieldSpec] = &[
     required("g.sched.sp", G, &[&["sched", "sp"]]),
     required("g.sched.pc", G, &[&["sched", "pc"]]),
     required("g.sched.bp", G, &[&["sched", "bp"]]),
+    member("g.sched.ctxt", G, &[&["sched", "ctxt"]]),
     member("g.syscallsp", G, &[&["syscallsp"]]),
     member("g.syscallpc", G, &[&["syscallpc"]]),
     member("g.syscallbp", G, &[&["syscallbp"]]),
