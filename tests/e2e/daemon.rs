@@ -155,6 +155,12 @@ fn daemon_follows_processes_as_they_come_and_go() {
         .iter()
         .filter(|g| g.wait_reason == "chan send")
         .count();
+    let leaked_expected = first
+        .truth
+        .goroutines
+        .iter()
+        .filter(|g| g.expect == "leaked")
+        .count();
     let pid_label = format!("pid=\"{}\"", first.pid());
     let pid2 = format!("pid=\"{}\"", second.pid());
     // The daemon may first have caught a fixture before its sync point: wait for a fresh scan.
@@ -170,6 +176,21 @@ fn daemon_follows_processes_as_they_come_and_go() {
                 "parkscope_goroutines",
                 &[&pid2, "state=\"sync.Mutex.Lock\""],
             ) == Some(2.0)
+    });
+    // The AB-BA pair is deadlocked (not leaked), the abandoned senders leaked.
+    daemon.wait_until("the leak and deadlock verdicts reach the metrics", |d| {
+        let (_, metrics) = d.get("/metrics");
+        let sum = |name: &str, pid: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name) && l.contains(pid))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        sum("parkscope_deadlocked_goroutines{", &pid2) == 2.0
+            && sum("parkscope_leaked_goroutines{", &pid2) == 0.0
+            && sum("parkscope_leaked_goroutines{", &pid_label) == leaked_expected as f64
+            && sum("parkscope_deadlocked_goroutines{", &pid_label) == 0.0
     });
     let (_, metrics) = daemon.get("/metrics");
     assert_eq!(

@@ -34,9 +34,9 @@ pub struct SnapshotArgs {
     /// Write to this file instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Also run the leak proof (two heap scans 100 ms apart, as `parkscope leaks`) and fill in
-    /// each goroutine's `verdict` and the `findings` list; leaked groups are marked in text and
-    /// coloured in DOT/SVG.
+    /// Also run the leak and deadlock proof (two scans 100 ms apart, as `parkscope leaks`) and
+    /// fill in each goroutine's `verdict` and the `findings` list; leaked and deadlocked groups
+    /// are marked in text and coloured in DOT/SVG.
     #[arg(long)]
     pub verdicts: bool,
 }

@@ -14,6 +14,7 @@ pub struct Metrics {
     registry: Registry,
     goroutines: IntGaugeVec,
     leaked: IntGaugeVec,
+    deadlocked: IntGaugeVec,
     process_info: IntGaugeVec,
     scan_duration: GaugeVec,
     unstable: IntGaugeVec,
@@ -44,6 +45,12 @@ impl Metrics {
             &registry,
             "parkscope_leaked_goroutines",
             "Goroutines proven leaked (confirmed by two scans), by the site they are parked at.",
+            &["pid", "executable", "container", "site"],
+        );
+        let deadlocked = gauge_vec(
+            &registry,
+            "parkscope_deadlocked_goroutines",
+            "Goroutines deadlocked on locks (a wait cycle through lock holders, or waiting behind one; confirmed by two scans), by the site they are parked at.",
             &["pid", "executable", "container", "site"],
         );
         let process_info = gauge_vec(
@@ -101,6 +108,7 @@ impl Metrics {
             registry,
             goroutines,
             leaked,
+            deadlocked,
             process_info,
             scan_duration,
             unstable,
@@ -121,6 +129,7 @@ impl Metrics {
     pub fn render(&self, processes: &[&ProcessState]) -> String {
         self.goroutines.reset();
         self.leaked.reset();
+        self.deadlocked.reset();
         self.process_info.reset();
         self.scan_duration.reset();
         self.unstable.reset();
@@ -152,18 +161,23 @@ impl Metrics {
             };
             self.processes.with_label_values(&[result]).inc();
             if let Some(report) = &p.leaks {
-                let mut by_site: BTreeMap<String, i64> = BTreeMap::new();
+                let mut by_site: BTreeMap<(&str, String), i64> = BTreeMap::new();
                 for f in &report.findings {
                     let site = f
                         .site
                         .as_ref()
                         .map(|s| format!("{} {}:{}", s.function, s.file, s.line))
                         .unwrap_or_else(|| f.wait_reason.clone());
-                    *by_site.entry(site).or_default() += f.count as i64;
+                    *by_site.entry((f.kind, site)).or_default() += f.count as i64;
                 }
-                for (site, count) in by_site {
-                    let site = leak_series.admit(&[&pid, &site], &site);
-                    self.leaked
+                for ((kind, site), count) in by_site {
+                    let site = leak_series.admit(&[&pid, kind, &site], &site);
+                    let gauge = if kind == "deadlocked" {
+                        &self.deadlocked
+                    } else {
+                        &self.leaked
+                    };
+                    gauge
                         .with_label_values(&[
                             pid.as_str(),
                             p.candidate.exe.as_str(),

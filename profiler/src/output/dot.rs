@@ -48,13 +48,17 @@ pub fn render(snapshot: &Snapshot) -> String {
                 )
             })
             .unwrap_or_default();
-        // Proven leaks stand out: red; everything else stays plain.
-        let style = if group
-            .members
-            .iter()
-            .any(|m| m.verdict.as_deref() == Some("leaked"))
-        {
+        // Proven leaks stand out in red, deadlocks in orange; everything else stays plain.
+        let has = |verdict: &str| {
+            group
+                .members
+                .iter()
+                .any(|m| m.verdict.as_deref() == Some(verdict))
+        };
+        let style = if has("leaked") {
             ", style=filled, fillcolor=\"#f4a6a6\", color=\"#b00000\""
+        } else if has("deadlocked") {
+            ", style=filled, fillcolor=\"#f8c888\", color=\"#b05000\""
         } else {
             ""
         };

@@ -55,15 +55,18 @@ pub fn render(snapshot: &Snapshot, show_system: bool) -> String {
         } else {
             String::new()
         };
-        let leaked = group
-            .members
-            .iter()
-            .filter(|m| m.verdict.as_deref() == Some("leaked"))
-            .count();
-        let tag = if leaked > 0 {
-            format!("LEAKED ({leaked}) ")
-        } else {
-            String::new()
+        let with_verdict = |verdict: &str| {
+            group
+                .members
+                .iter()
+                .filter(|m| m.verdict.as_deref() == Some(verdict))
+                .count()
+        };
+        let tag = match (with_verdict("leaked"), with_verdict("deadlocked")) {
+            (0, 0) => String::new(),
+            (leaked, 0) => format!("LEAKED ({leaked}) "),
+            (0, deadlocked) => format!("DEADLOCKED ({deadlocked}) "),
+            (leaked, deadlocked) => format!("LEAKED ({leaked}) DEADLOCKED ({deadlocked}) "),
         };
         let _ = writeln!(
             out,
