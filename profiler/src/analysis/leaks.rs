@@ -52,6 +52,8 @@ pub struct LeakTarget<'t, 'd> {
     g_panic: Option<Field>,
     g_syscallsp: Option<Field>,
     g_syscallpc: Option<Field>,
+    /// `p.timers` (the timer heap's slice header).
+    p_timers: Option<Field>,
     g_size: usize,
     /// Scan parked goroutines' stacks with the compiler's stack maps (else conservatively).
     pub precise_stacks: bool,
@@ -104,6 +106,7 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             g_panic: field("g._panic"),
             g_syscallsp: field("g.syscallsp"),
             g_syscallpc: field("g.syscallpc"),
+            p_timers: field("p.timers"),
             precise_stacks: true,
             stacks: StackScanner::new(binary, bias),
             target,
@@ -247,6 +250,14 @@ fn is_candidate_reason(reason: &str) -> bool {
     )
 }
 
+/// The `runtime.p` records of `allp`, when the binary says where allp is.
+fn p_records(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Vec<u64> {
+    let (Some(allp), Some(_)) = (lt.target.globals.allp, lt.p_timers) else {
+        return Vec::new();
+    };
+    goroutines::read_allgs(mem, allp.wrapping_add(lt.target.load_bias)).unwrap_or_default()
+}
+
 /// Every sudog the runtime links from goroutines and the semaphore table.
 fn sudogs(target: &Target<'_>, mem: &dyn Memory, gs: &[RawG]) -> HashSet<u64> {
     let layout = &target.layout.sudog;
@@ -320,9 +331,22 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
             len: 8,
         });
     };
+    // The p records: scanned like any heap object they would root everything in their
+    // write-barrier buffers and GC work caches (stale pointers). Only their timer heaps are
+    // roots (time.After channels, AfterFunc closures).
+    let ps = p_records(lt, mem);
+    skip.extend(ps.iter().filter_map(|&p| heap.object_of(p).map(|o| o.base)));
     let mut marker = Marker::new(mem, &mut heap, skip);
     for &(lo, hi) in &lt.globals {
-        marker.scan_range(lo, hi);
+        marker.scan_globals(lo, hi);
+    }
+    if let Some(timers) = lt.p_timers {
+        marker.root = "p timers";
+        for &p in &ps {
+            if let Ok(heap_array) = mem.read_u64(p + timers.offset as u64) {
+                marker.mark_word(heap_array);
+            }
+        }
     }
     let mut stack_stats = StackScanStats::default();
     for g in &roots {

@@ -18,6 +18,8 @@ use crate::remote::memory::Memory;
 const BATCH_OBJECTS: usize = 2048;
 /// Large objects and root ranges are read in pieces of at most this size.
 const CHUNK: u64 = 1 << 20;
+/// Globals are read in one piece up to this size (larger: in chunks, without the g-record filter).
+const MAX_GLOBALS: u64 = 256 << 20;
 /// Lowest and highest plausible user-space heap addresses.
 const MIN_ADDR: u64 = 0x10000;
 const MAX_ADDR: u64 = 1 << 47;
@@ -117,6 +119,30 @@ impl<'h, 'm> Marker<'h, 'm> {
         }
     }
 
+    /// Scan `.data`/`.bss`. They hold `runtime.g` records (`g0`, `gcrash`) whose `stack.hi`
+    /// points one past their stack, at the first byte of whatever heap object follows it: that
+    /// word is not a reference, and marking that neighbour can keep a leaked channel alive.
+    pub fn scan_globals(&mut self, lo: u64, hi: u64) {
+        let lo = lo.next_multiple_of(8);
+        let hi = hi & !7;
+        let Some(len) = hi.checked_sub(lo).filter(|&l| l <= MAX_GLOBALS) else {
+            return self.scan_range(lo, hi);
+        };
+        let Ok(mut bytes) = self.mem.read_vec(lo, len as usize) else {
+            return self.scan_range(lo, hi);
+        };
+        let words: Vec<u64> = bytes
+            .as_chunks::<8>()
+            .0
+            .iter()
+            .map(|w| u64::from_le_bytes(*w))
+            .collect();
+        for i in stack_end_words(&words) {
+            bytes[i * 8..i * 8 + 8].fill(0);
+        }
+        self.scan_bytes(&bytes, lo);
+    }
+
     /// Scan everything reachable from what was marked so far.
     pub fn drain(&mut self) {
         while !self.queue.is_empty() {
@@ -191,9 +217,48 @@ impl<'h, 'm> Marker<'h, 'm> {
     }
 }
 
+/// Indices of words that are a goroutine stack's `hi` bound inside a g record: the runtime lays
+/// out `stack.lo, stack.hi, stackguard0, stackguard1` with both guards a little above `lo`
+/// (or a poison value far from it), and the stack a power-of-two size of at least 2 KiB.
+pub fn stack_end_words(words: &[u64]) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, w) in words.windows(3).enumerate() {
+        let (lo, hi, guard) = (w[0], w[1], w[2]);
+        let size = hi.wrapping_sub(lo);
+        if lo != 0
+            && hi > lo
+            && size.is_power_of_two()
+            && (2048..=1 << 30).contains(&size)
+            && guard > lo
+            && guard - lo < 4096
+        {
+            out.push(i + 1);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_stack_end_of_g_records_in_globals() {
+        // gcrash as read from a live 1.27 process, between two unrelated words.
+        let words = [
+            0x7ff0_0000_1234,
+            0x41a1_09ca_000,
+            0x41a1_09ce_000,
+            0x41a1_09ca_3e8,
+            0x41a1_09ca_3e8,
+            0,
+            0x41a1_09d2_000,
+        ];
+        assert_eq!(stack_end_words(&words), vec![2]);
+        // A pointer pair that is not a stack: not a power-of-two span, or no guard above lo.
+        assert!(stack_end_words(&[0x1000_0000, 0x1000_3000, 0x1000_0100]).is_empty());
+        assert!(stack_end_words(&[0x1000_0000, 0x1000_2000, 0x2000_0000]).is_empty());
+    }
     use crate::goruntime::heap::{PAGE_SIZE, PAGES_PER_ARENA, SPAN_IN_USE};
     use crate::remote::memory::RecordedMemory;
 

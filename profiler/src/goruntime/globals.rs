@@ -21,6 +21,9 @@ pub struct Globals {
     pub allgs: u64,
     /// `runtime.semtable`: 251 semaRoots (padded to a cache line each), when found.
     pub semtable: Option<u64>,
+    /// `runtime.allp`: a `[]*p` header (from the symbol table only; stripped binaries go
+    /// without, and their p records are then scanned like any heap object).
+    pub allp: Option<u64>,
     pub source: GlobalSource,
 }
 
@@ -32,6 +35,7 @@ pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
         return Ok(Globals {
             allgs: allgs.addr,
             semtable: binary.symbol("runtime.semtable").map(|s| s.addr),
+            allp: binary.symbol("runtime.allp").map(|s| s.addr),
             source: GlobalSource::Symbol,
         });
     }
@@ -47,6 +51,7 @@ pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
     Ok(Globals {
         allgs,
         semtable,
+        allp: None,
         source: GlobalSource::Code,
     })
 }

@@ -128,7 +128,8 @@ fn plausible(g: &RawG) -> bool {
     true
 }
 
-/// The `[]*g` in runtime.allgs: pointers to every g ever created (g's are never freed).
+/// The `[]*g` in runtime.allgs: pointers to every g ever created (g's are never freed). Reads
+/// any `[]*T` slice header global the same way (`allp`).
 pub fn read_allgs(mem: &dyn Memory, allgs_addr: u64) -> Result<Vec<u64>, MemError> {
     for _ in 0..READ_ATTEMPTS {
         let ptr = mem.read_u64(allgs_addr)?;

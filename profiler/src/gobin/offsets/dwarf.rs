@@ -192,6 +192,8 @@ pub const FIELDS: &[FieldSpec] = &[
     member("p.runqtail", P, &[&["runqtail"]]),
     member("p.runq", P, &[&["runq"]]),
     member("p.runnext", P, &[&["runnext"]]),
+    // The p's timer heap: `timers.heap []timerWhen` since 1.23, `timers []*timer` before.
+    member("p.timers", P, &[&["timers", "heap"], &["timers"]]),
     // Heap metadata for the reachability scan.
     member("mspan.next", MSPAN, &[&["next"]]),
     member("mspan.startAddr", MSPAN, &[&["startAddr"]]),
