@@ -1,7 +1,8 @@
 //! Precise scanning of a parked goroutine's stack with the compiler's own stack maps, the way the
 //! GC scans it: unwind frame by frame with the pcsp table, and in each frame take only the slots
 //! the locals and args pointer maps mark live at `PCDATA_StackMapIndex(pc - 1)`, plus the
-//! frame's stack objects (address-taken locals, scanned whole) and the defer chain's closures.
+//! frame's stack objects (address-taken locals) that something live points into, and the defer
+//! chain's closures.
 //!
 //! Dead locals and stale slots of a reused stack are what make a conservative scan miss leaks;
 //! precision is only ever *less* marking, so whenever a frame cannot be decoded (unknown
@@ -120,9 +121,11 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             }
         };
 
+        let first_word = out.len();
+        let mut objects: Vec<StackObject> = Vec::new();
         let (mut pc, mut sp) = (g.sched_pc, g.sched_sp);
         for _ in 0..MAX_FRAMES {
-            match self.frame(pc, sp, hi, &word, out) {
+            match self.frame(pc, sp, hi, &word, out, &mut objects) {
                 Frame::Next {
                     pc: next_pc,
                     sp: next_sp,
@@ -173,6 +176,38 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             out.push(panic_head);
             if (lo..hi).contains(&panic_head) {
                 conservative(panic_head, panic_head + 128, out);
+            }
+        }
+
+        // Stack objects (address-taken locals) are live only when a live slot, or another live
+        // stack object, points into them, as the GC decides: an object the function has not
+        // initialised yet (or no longer uses) holds whatever an earlier frame left there.
+        objects.sort_unstable_by_key(|o| o.base);
+        let mut scanned = vec![false; objects.len()];
+        let mut work: Vec<u64> = out[first_word..]
+            .iter()
+            .copied()
+            .filter(|w| (lo..hi).contains(w))
+            .collect();
+        while let Some(w) = work.pop() {
+            let i = objects.partition_point(|o| o.base <= w);
+            let Some(o) = i.checked_sub(1).map(|i| (i, objects[i])) else {
+                continue;
+            };
+            let (i, o) = o;
+            if w >= o.base + o.size || scanned[i] {
+                continue;
+            }
+            scanned[i] = true;
+            let mut at = o.base.next_multiple_of(8);
+            while at + 8 <= o.base + o.ptr_bytes {
+                if let Some(v) = word(at) {
+                    out.push(v);
+                    if (lo..hi).contains(&v) {
+                        work.push(v);
+                    }
+                }
+                at += 8;
             }
         }
     }
@@ -280,6 +315,7 @@ impl<'a, 'd> StackScanner<'a, 'd> {
         hi: u64,
         word: &dyn Fn(u64) -> Option<u64>,
         out: &mut Vec<u64>,
+        objects: &mut Vec<StackObject>,
     ) -> Frame {
         let pclntab = &self.binary.pclntab;
         let (f, link_pc, fp, varp) = match self.geometry(pc, sp, hi) {
@@ -335,7 +371,7 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             }
             push_marked(bits, map.nbit, argp, word, out);
         }
-        // Stack objects: address-taken locals, scanned whole (conservatively).
+        // Stack objects: address-taken locals, scanned later if something live points at them.
         if let Some(addr) = pclntab.funcdata_addr(&f, FUNCDATA_STACK_OBJECTS) {
             let Some(n) = self
                 .binary
@@ -354,6 +390,10 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             for r in records.as_chunks::<16>().0 {
                 let off = i32::from_le_bytes(r[0..4].try_into().unwrap()) as i64;
                 let size = i32::from_le_bytes(r[4..8].try_into().unwrap()) as i64;
+                // ptrdata (negative when a GC program describes the type): only the prefix
+                // up to the last pointer can hold one.
+                let ptr_bytes =
+                    i64::from(i32::from_le_bytes(r[8..12].try_into().unwrap()).unsigned_abs());
                 let base = if off < 0 {
                     varp as i64 + off
                 } else {
@@ -362,11 +402,11 @@ impl<'a, 'd> StackScanner<'a, 'd> {
                 if size <= 0 || base < sp as i64 || base + size > hi as i64 {
                     return Frame::Undecodable("u14");
                 }
-                let mut at = (base as u64).next_multiple_of(8);
-                while at + 8 <= (base + size) as u64 {
-                    out.extend(word(at));
-                    at += 8;
-                }
+                objects.push(StackObject {
+                    base: base as u64,
+                    size: size as u64,
+                    ptr_bytes: ptr_bytes.min(size) as u64,
+                });
             }
         }
         match word(fp - 8) {
@@ -385,6 +425,15 @@ pub struct FrameAt {
     pub sp: u64,
     /// Base of the frame's locals (the runtime's `varp`): open-coded defer slots are below it.
     pub varp: u64,
+}
+
+/// An address-taken local of some frame: `[base, base+size)`, pointers only in the first
+/// `ptr_bytes`.
+#[derive(Clone, Copy, Debug)]
+struct StackObject {
+    base: u64,
+    size: u64,
+    ptr_bytes: u64,
 }
 
 enum Geometry {

@@ -21,8 +21,8 @@ pub struct Globals {
     pub allgs: u64,
     /// `runtime.semtable`: 251 semaRoots (padded to a cache line each), when found.
     pub semtable: Option<u64>,
-    /// `runtime.allp`: a `[]*p` header (from the symbol table only; stripped binaries go
-    /// without, and their p records are then scanned like any heap object).
+    /// `runtime.allp`: a `[]*p` header, when found (without it the leak proof scans p records
+    /// like any heap object, which can only hide leaks).
     pub allp: Option<u64>,
     pub source: GlobalSource,
 }
@@ -51,9 +51,20 @@ pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
     Ok(Globals {
         allgs,
         semtable,
-        allp: None,
+        allp: allp_from_code(binary),
         source: GlobalSource::Code,
     })
+}
+
+/// `runtime.(*m).snapshotAllp` (1.23+) copies the allp slice header and touches no other
+/// slice; `runtime.gcMarkTinyAllocs` ranges over allp (pointer and length) and nothing else.
+fn allp_from_code(binary: &GoBinary<'_>) -> Option<u64> {
+    function_code(binary, "runtime.(*m).snapshotAllp")
+        .and_then(|(code, entry)| slice_header_in(&decode(code, entry)))
+        .or_else(|| {
+            function_code(binary, "runtime.gcMarkTinyAllocs")
+                .and_then(|(code, entry)| slice_ptr_len_in(&decode(code, entry)))
+        })
 }
 
 pub(crate) fn function_code<'a>(binary: &'a GoBinary<'_>, name: &str) -> Option<(&'a [u8], u64)> {
@@ -105,6 +116,22 @@ fn slice_header_in(instructions: &[Instruction]) -> Option<u64> {
     candidates.sort_unstable();
     // Exactly one triple, or we are not looking at the code we think we are.
     (candidates.len() == 1).then(|| candidates[0])
+}
+
+/// A slice global ranged over: loaded as two words X, X+8 (pointer, length); exactly one such
+/// pair in the function.
+fn slice_ptr_len_in(instructions: &[Instruction]) -> Option<u64> {
+    let loads: std::collections::BTreeSet<u64> = instructions
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Mov)
+        .filter_map(rip_target)
+        .collect();
+    let pairs: Vec<u64> = loads
+        .iter()
+        .copied()
+        .filter(|a| loads.contains(&(a + 8)))
+        .collect();
+    (pairs.len() == 1).then(|| pairs[0])
 }
 
 /// `semtable.rootFor(addr)` is inlined into semacquire1: `imul $251` for the hash bucket, then
@@ -170,6 +197,12 @@ mod tests {
                 "{ctx}"
             );
             assert!(from_symbols.semtable.is_some(), "{ctx}");
+            assert!(from_symbols.allp.is_some(), "{ctx}");
+            assert_eq!(
+                from_code.allp.and_then(|a| section_relative(&stripped, a)),
+                from_symbols.allp.and_then(|a| section_relative(&plain, a)),
+                "{ctx} allp"
+            );
             assert_eq!(
                 from_code
                     .semtable
