@@ -245,7 +245,7 @@ fn leaks_match_ground_truth_on_every_fixture_and_version_with_no_false_positive(
         }
     }
     times.sort_by(f64::total_cmp);
-    eprintln!("leaks found / expected per release: {per_release:?}");
+    eprintln!("verdicts (leaked or deadlocked) expected / found per release: {per_release:?}");
     eprintln!(
         "agreement with Go's goroutineleak profile (1.26/1.27 fixtures): both {both}, only \
          parkscope {only_ours}, only Go {only_go}"
@@ -264,16 +264,39 @@ fn leaks_match_ground_truth_on_every_fixture_and_version_with_no_false_positive(
         failures.len(),
         failures.join("\n")
     );
-    // Completeness: known gaps (Cond waiters before Go 1.26; a stale pointer in a root the
-    // scan reads conservatively) cost a few misses per matrix run; see the printed list.
+    // Completeness: exact, except for the gaps the report itself lists under "not checked".
+    let unexplained: Vec<&String> = misses.iter().filter(|m| known_gap(m).is_none()).collect();
+    assert!(
+        unexplained.is_empty(),
+        "{} missed verdict(s) outside the known gaps:\n{}",
+        unexplained.len(),
+        unexplained
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let (expected, found): (usize, usize) = per_release
         .values()
         .fold((0, 0), |(e, f), (a, b)| (e + a, f + b));
-    assert!(
-        found * 100 >= expected * 90,
-        "found {found} of {expected} leaks:\n{}",
-        misses.join("\n")
-    );
+    eprintln!("found {found} of {expected} expected verdicts; every miss is a known gap");
+}
+
+/// Misses parkscope states as limitations (in the report's `limitations`), with the reason; any
+/// other miss fails the test. A miss line reads "<fixture> <release> <variant>: missed goid …".
+fn known_gap(miss: &str) -> Option<&'static str> {
+    let mut words = miss.split_whitespace();
+    let (fixture, release) = (words.next()?, words.next()?);
+    let minor: u32 = release.strip_prefix("1.")?.parse().ok()?;
+    match fixture {
+        // Go < 1.26 does not link a Cond waiter's sudog from its g: nothing names the Cond.
+        "cond_waiter_behind_channel" if minor < 26 && miss.contains("[sync.Cond.Wait]") => {
+            Some("sync.Cond waiters are candidates only on Go 1.26+")
+        }
+        // The cycle runs through a channel still reachable from live goroutines (a global).
+        "lock_held_across_send" => Some("waits through a reachable channel are not proven stuck"),
+        _ => None,
+    }
 }
 
 /// Racy, busy, leak-free programs: the two-scan filter must hold.
@@ -289,7 +312,8 @@ fn busy_leak_free_programs_get_no_verdict_across_repeated_scans() {
             for run in 0..15 {
                 let (report, code) = leaks_json(running.pid());
                 assert_eq!(
-                    report["leaked"], 0,
+                    (&report["leaked"], &report["deadlocked"]),
+                    (&Value::from(0), &Value::from(0)),
                     "{fixture} {release} run {run}: {}",
                     report["findings"]
                 );

@@ -650,8 +650,9 @@ pub const LIMITATIONS: &[&str] = &[
      function has no known holder, so its waiters stay `blocked`",
     "a wait that runs through a channel still reachable from a live goroutine (a lock held \
      across a send on a global channel) is not proven stuck: those goroutines stay `blocked`",
-    "stacks are scanned conservatively: a stale pointer in a dead stack slot can hide a leak \
-     (never invent one)",
+    "running goroutines' stacks are scanned whole and conservatively (their registers and \
+     live frames are not knowable from outside): a stale pointer there can hide a leak, never \
+     invent one",
     "sync.Cond waiters are candidates only on Go 1.26+ (older runtimes do not link them from the \
      goroutine); before that they are treated as live",
     "finalizer and cleanup specials are not roots: a primitive referenced only from an \
