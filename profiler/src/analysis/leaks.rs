@@ -54,6 +54,10 @@ pub struct LeakTarget<'t, 'd> {
     g_syscallpc: Option<Field>,
     /// `p.timers` (the timer heap's slice header).
     p_timers: Option<Field>,
+    /// Where finalizer records are, when this Go's layout is known.
+    specials: Option<SpecialsLayout>,
+    /// Run-time range of the executable's code (closures point into it).
+    text: std::ops::Range<u64>,
     g_size: usize,
     /// Scan parked goroutines' stacks with the compiler's stack maps (else conservatively).
     pub precise_stacks: bool,
@@ -107,6 +111,9 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             g_syscallsp: field("g.syscallsp"),
             g_syscallpc: field("g.syscallpc"),
             p_timers: field("p.timers"),
+            specials: SpecialsLayout::resolve(&binary.offsets),
+            text: binary.pclntab.text_start().wrapping_add(bias)
+                ..binary.pclntab.text_end().wrapping_add(bias),
             precise_stacks: true,
             stacks: StackScanner::new(binary, bias),
             target,
@@ -115,6 +122,37 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             globals,
             g_pointer_fields,
             g_size: target.layout.g.size,
+        })
+    }
+}
+
+/// Bound on one span's special list (a torn read could make it cyclic).
+const MAX_SPECIALS_PER_SPAN: usize = 100_000;
+
+/// Offsets to walk `mheap_.allspans` and each span's specials.
+struct SpecialsLayout {
+    mheap_allspans: u64,
+    span_specials: u64,
+    span_start: u64,
+    next: u64,
+    offset: Field,
+    finalizer_fn: u64,
+}
+
+impl SpecialsLayout {
+    fn resolve(offsets: &crate::gobin::offsets::RuntimeOffsets) -> Option<Self> {
+        let at = |k: &str| offsets.get(k).map(|f| f.value);
+        let offset = offsets.get("special.offset")?;
+        Some(SpecialsLayout {
+            mheap_allspans: at("mheap.allspans")?,
+            span_specials: at("mspan.specials")?,
+            span_start: at("mspan.startAddr")?,
+            next: at("special.next")?,
+            offset: Field {
+                offset: offset.value as usize,
+                size: offset.size as usize,
+            },
+            finalizer_fn: at("specialfinalizer.fn")?,
         })
     }
 }
@@ -193,6 +231,8 @@ pub struct ScanStats {
     /// Candidates found wakeable by the fixpoint.
     pub promoted: usize,
     pub flagged: usize,
+    /// Finalizer and cleanup records whose closures and referents were roots.
+    pub finalizers: usize,
     /// Goroutines parked on a Mutex or RWMutex, and the locks found held through pending
     /// deferred unlocks.
     pub lock_waiters: usize,
@@ -248,6 +288,60 @@ fn is_candidate_reason(reason: &str) -> bool {
             | "sync.Cond.Wait"
             | "semacquire"
     )
+}
+
+/// Finalizer and cleanup records (span specials) are roots, as for the GC: the closure, and
+/// what the object with the finalizer points to (not the object itself). A special whose third
+/// word points to a closure (a funcval: its first word is in the text) is one of those; the
+/// other kinds (profile, weak handle, pin counter, reachable) carry no code pointer there.
+/// Returns how many were found.
+fn scan_finalizers(
+    lt: &LeakTarget<'_, '_>,
+    mem: &dyn Memory,
+    marker: &mut Marker<'_, '_>,
+) -> usize {
+    let Some(sp) = &lt.specials else {
+        return 0;
+    };
+    let Ok(spans) = goroutines::read_allgs(mem, lt.mheap + sp.mheap_allspans) else {
+        return 0;
+    };
+    let text = &lt.text;
+    let mut found = 0;
+    for span in spans {
+        let Ok(mut special) = mem.read_u64(span + sp.span_specials) else {
+            continue;
+        };
+        let Ok(start) = mem.read_u64(span + sp.span_start) else {
+            continue;
+        };
+        for _ in 0..MAX_SPECIALS_PER_SPAN {
+            if special == 0 {
+                break;
+            }
+            let Ok(fn_value) = mem.read_u64(special + sp.finalizer_fn) else {
+                break;
+            };
+            let code = (fn_value != 0)
+                .then(|| mem.read_u64(fn_value).ok())
+                .flatten();
+            if code.is_some_and(|pc| text.contains(&pc))
+                && let Ok(offset) = mem.read_vec(special + sp.offset.offset as u64, sp.offset.size)
+            {
+                let mut word = [0u8; 8];
+                word[..offset.len().min(8)].copy_from_slice(&offset[..offset.len().min(8)]);
+                found += 1;
+                marker.mark_word(fn_value);
+                marker.scan_object_contents(start + u64::from_le_bytes(word));
+            }
+            match mem.read_u64(special + sp.next) {
+                Ok(next) if next != special => special = next,
+                _ => break,
+            }
+        }
+    }
+    marker.drain();
+    found
 }
 
 /// The `runtime.p` records of `allp`, when the binary says where allp is.
@@ -348,6 +442,8 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
             }
         }
     }
+    marker.root = "finalizer";
+    stats.finalizers = scan_finalizers(lt, mem, &mut marker);
     let mut stack_stats = StackScanStats::default();
     for g in &roots {
         marker.root = "goroutine";
@@ -655,8 +751,8 @@ pub const LIMITATIONS: &[&str] = &[
      invent one",
     "sync.Cond waiters are candidates only on Go 1.26+ (older runtimes do not link them from the \
      goroutine); before that they are treated as live",
-    "finalizer and cleanup specials are not roots: a primitive referenced only from an \
-     unreachable object that has a finalizer may be reported leaked",
+    "a tiny mutex (8 bytes, in a 16-byte tiny-allocator block shared with a live object) looks \
+     reachable, as it does to Go's own detector: its waiters stay `blocked`",
 ];
 
 /// Run `scans` scans `interval` apart and report the goroutines every one of them flagged with

@@ -119,6 +119,18 @@ impl<'h, 'm> Marker<'h, 'm> {
         }
     }
 
+    /// Scan what the heap object containing `addr` points to, without marking the object
+    /// itself (the GC's rule for an object with a finalizer: its referents stay alive for the
+    /// finalizer, the object does not).
+    pub fn scan_object_contents(&mut self, addr: u64) {
+        let Some(object) = self.heap.object_of(addr) else {
+            return;
+        };
+        if !object.span.noscan {
+            self.scan_range(object.base, object.span.object_end(object.base));
+        }
+    }
+
     /// Scan `.data`/`.bss`. They hold `runtime.g` records (`g0`, `gcrash`) whose `stack.hi`
     /// points one past their stack, at the first byte of whatever heap object follows it: that
     /// word is not a reference, and marking that neighbour can keep a leaked channel alive.

@@ -106,6 +106,7 @@ const MHEAP: &str = "runtime.mheap";
 const SEMA_ROOT: &str = "runtime.semaRoot";
 const NOTIFY_LIST: &str = "runtime.notifyList";
 const SPECIAL: &str = "runtime.special";
+const SPECIAL_FINALIZER: &str = "runtime.specialfinalizer";
 const SEM_TABLE: &str = "runtime.semTable";
 
 /// Every field parkscope reads, in the order the table lists them. Fields that only some
@@ -220,6 +221,7 @@ pub const FIELDS: &[FieldSpec] = &[
     member("special.next", SPECIAL, &[&["next"]]),
     member("special.offset", SPECIAL, &[&["offset"]]),
     member("special.kind", SPECIAL, &[&["kind"]]),
+    member("specialfinalizer.fn", SPECIAL_FINALIZER, &[&["fn"]]),
     // The semaphore table (sync waiters before Go 1.26) and sync.Cond's notify list.
     member("semaRoot.lock", SEMA_ROOT, &[&["lock"]]),
     member("semaRoot.treap", SEMA_ROOT, &[&["treap"]]),
