@@ -342,3 +342,72 @@ fn leaks_text_report_and_exit_codes() {
     let gone = parkscope(&["leaks", "--pid", "4194321"]);
     assert_eq!(gone.status.code(), Some(14));
 }
+
+/// `--freeze`: one scan with every thread stopped gives the same verdicts as two scans of the
+/// running process, reports the pause, and leaves the target running and untraced.
+#[test]
+fn freeze_gives_the_verdicts_in_one_scan_and_resumes_the_target() {
+    let cases = [
+        ("abba_deadlock", "1.27"),
+        ("heap_shapes", "1.21"),
+        ("abandoned_sender", "1.24"),
+        ("churn", "1.26"),
+        ("ping_pong", "1.27"),
+    ];
+    for (fixture, release) in cases {
+        let binary = parkscope_e2e::fixture(fixture, release, "plain");
+        let running = RunningFixture::start(&binary.path);
+        let pid = running.pid().to_string();
+        for run in 0..3 {
+            let ctx = format!("{fixture} {release} freeze run {run}");
+            let out = parkscope(&["leaks", "--pid", &pid, "--freeze", "--format", "json"]);
+            assert!(
+                matches!(out.status.code(), Some(0 | 3)),
+                "{ctx}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(report["scans"].as_array().unwrap().len(), 1, "{ctx}");
+            assert!(report["freeze"]["threads"].as_u64().unwrap() >= 1, "{ctx}");
+            assert!(
+                report["freeze"]["pause_ms"].as_f64().unwrap() > 0.0,
+                "{ctx}"
+            );
+            let verdicts: HashMap<i64, &str> = report["verdicts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v["goid"].as_i64().unwrap(), v["verdict"].as_str().unwrap()))
+                .collect();
+            let truth: HashMap<i64, _> = running
+                .truth
+                .goroutines
+                .iter()
+                .map(|g| (g.goid, g))
+                .collect();
+            for (goid, verdict) in &verdicts {
+                let flagged = matches!(*verdict, "leaked" | "deadlocked");
+                match truth.get(goid) {
+                    Some(g) if g.expect == *verdict || !flagged => {}
+                    Some(g) => panic!("{ctx}: goid {goid} {verdict}, expected {}", g.expect),
+                    None => assert!(!flagged, "{ctx}: goid {goid} (not in truth) {verdict}"),
+                }
+            }
+            for g in &running.truth.goroutines {
+                if g.expect != "not_leaked" && verdicts.get(&g.goid) != Some(&g.expect.as_str()) {
+                    let miss = format!(
+                        "{fixture} {release} plain: missed [{}] {}",
+                        g.wait_reason, g.role
+                    );
+                    assert!(known_gap(&miss).is_some(), "{ctx}: {miss}");
+                }
+            }
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            assert!(status.contains("TracerPid:\t0\n"), "{ctx}: still traced");
+            assert!(
+                !status.contains("State:\tt") && !status.contains("State:\tT"),
+                "{ctx}: still stopped"
+            );
+        }
+    }
+}

@@ -36,6 +36,7 @@ use crate::goruntime::heap::{self, Heap, HeapLayout};
 use crate::goruntime::layout::Field;
 use crate::goruntime::snapshot::{self, Target};
 use crate::model::{BlockedOn, Frame, Goroutine, Location, Snapshot, Status};
+use crate::remote::freeze::FreezeStats;
 use crate::remote::memory::{MemError, Memory};
 
 /// What one scan needs beyond the snapshot's `Target`, resolved once.
@@ -390,6 +391,16 @@ fn sudogs(target: &Target<'_>, mem: &dyn Memory, gs: &[RawG]) -> HashSet<u64> {
 
 /// One scan: a snapshot and the goroutines reachability (or the wait itself) proves leaked.
 pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemError> {
+    scan_once_with_roots(lt, mem, &[])
+}
+
+/// [`scan_once`] with extra root words: the registers of the target's threads, when it is
+/// frozen (a running goroutine's live pointers may be only there).
+pub fn scan_once_with_roots(
+    lt: &LeakTarget<'_, '_>,
+    mem: &dyn Memory,
+    registers: &[u64],
+) -> Result<Scan, MemError> {
     let started = Instant::now();
     let target = lt.target;
     let g_layout = &target.layout.g;
@@ -441,6 +452,10 @@ pub fn scan_once(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Result<Scan, MemE
                 marker.mark_word(heap_array);
             }
         }
+    }
+    marker.root = "thread registers";
+    for &word in registers {
+        marker.mark_word(word);
     }
     marker.root = "finalizer";
     stats.finalizers = scan_finalizers(lt, mem, &mut marker);
@@ -736,6 +751,9 @@ pub struct LeakReport {
     pub deadlocked: usize,
     pub findings: Vec<Finding>,
     pub verdicts: Vec<Verdict>,
+    /// With `--freeze`: the one scan ran with the target stopped, for this long.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<FreezeStats>,
     /// What this version does not detect: stated, not silently missing.
     pub limitations: Vec<&'static str>,
 }
@@ -791,6 +809,15 @@ pub fn detect(
         stats,
         interval.as_millis() as u64,
     ))
+}
+
+/// The report of one scan taken with the target stopped (`--freeze`): nothing moved while it
+/// was read, so every flag stands without a second scan.
+pub fn frozen_report(scan: Scan, freeze: FreezeStats) -> LeakReport {
+    let confirmed: HashMap<i64, Flag> = scan.flags.iter().map(|f| (f.goid, f.clone())).collect();
+    let mut report = report(scan.snapshot, &confirmed, vec![scan.stats], 0);
+    report.freeze = Some(freeze);
+    report
 }
 
 fn report(
@@ -875,6 +902,7 @@ fn report(
             .count(),
         findings,
         verdicts,
+        freeze: None,
         limitations: LIMITATIONS.to_vec(),
     }
 }

@@ -259,12 +259,12 @@ mod tests {
         // gcrash as read from a live 1.27 process, between two unrelated words.
         let words = [
             0x7ff0_0000_1234,
-            0x41a1_09ca_000,
-            0x41a1_09ce_000,
-            0x41a1_09ca_3e8,
-            0x41a1_09ca_3e8,
+            0x041a_109c_a000,
+            0x041a_109c_e000,
+            0x041a_109c_a3e8,
+            0x041a_109c_a3e8,
             0,
-            0x41a1_09d2_000,
+            0x041a_109d_2000,
         ];
         assert_eq!(stack_end_words(&words), vec![2]);
         // A pointer pair that is not a stack: not a power-of-two span, or no guard above lo.

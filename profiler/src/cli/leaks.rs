@@ -1,4 +1,4 @@
-//! `parkscope leaks --pid N [--format text|json] [--scans N] [--interval-ms MS]`
+//! `parkscope leaks --pid N [--format text|json] [--scans N] [--interval-ms MS] [--freeze]`
 
 use std::io::Write;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use parkscope::analysis::leaks::{self, LeakTarget};
 use parkscope::error::InspectError;
 use parkscope::goruntime::snapshot::{self, Target};
 use parkscope::output;
+use parkscope::remote::freeze::{FreezeError, Frozen};
 use parkscope::remote::memory::ProcessMemory;
 use parkscope::remote::process;
 
@@ -33,6 +34,11 @@ pub struct LeaksArgs {
     /// Pause between scans, in milliseconds (50–200 keeps the target's churn visible).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub interval_ms: u64,
+    /// Stop every thread of the target for one consistent scan instead of comparing two scans
+    /// of the running process. The pause (typically tens of milliseconds, the scan's duration)
+    /// is reported; if parkscope dies meanwhile the kernel resumes the target.
+    #[arg(long, conflicts_with_all = ["scans", "interval_ms"])]
+    pub freeze: bool,
 }
 
 pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
@@ -40,13 +46,20 @@ pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
     let target = Target::open(args.pid, &exe)?;
     let lt = LeakTarget::new(&target)?;
     let mem = ProcessMemory::new(args.pid);
-    let report = leaks::detect(
-        &lt,
-        &mem,
-        args.scans as usize,
-        Duration::from_millis(args.interval_ms),
-    )
-    .map_err(|e| snapshot::mem_error(args.pid, e))?;
+    let report = if args.freeze {
+        let frozen = Frozen::stop(args.pid).map_err(|e| freeze_error(args.pid, e))?;
+        let scan = leaks::scan_once_with_roots(&lt, &mem, &frozen.register_words());
+        let pause = frozen.resume();
+        leaks::frozen_report(scan.map_err(|e| snapshot::mem_error(args.pid, e))?, pause)
+    } else {
+        leaks::detect(
+            &lt,
+            &mem,
+            args.scans as usize,
+            Duration::from_millis(args.interval_ms),
+        )
+        .map_err(|e| snapshot::mem_error(args.pid, e))?
+    };
     let bytes = match args.format {
         Format::Text => output::leaks::render(&report).into_bytes(),
         Format::Json => {
@@ -63,4 +76,19 @@ pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
     } else {
         0
     })
+}
+
+fn freeze_error(pid: u32, e: FreezeError) -> InspectError {
+    let os = match &e {
+        FreezeError::Threads { source, .. } | FreezeError::Stop { source, .. } => {
+            source.raw_os_error()
+        }
+    };
+    match os {
+        Some(libc::ENOENT | libc::ESRCH) => InspectError::ProcessGone { pid },
+        Some(libc::EPERM) => InspectError::PermissionDenied(format!(
+            "{e} (--freeze needs CAP_SYS_PTRACE, and no other tracer on the target)"
+        )),
+        _ => InspectError::io("freezing the target", std::io::Error::other(e.to_string())),
+    }
 }

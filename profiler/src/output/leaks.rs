@@ -69,13 +69,26 @@ pub fn render(report: &LeakReport) -> String {
         .iter()
         .map(|s| format!("{:.1} ms ({} objects)", s.took_ms, s.mark.objects_marked))
         .collect();
-    let _ = writeln!(
-        out,
-        "\n{} scans {} ms apart, a verdict only when all agree: {}",
-        report.scans.len(),
-        report.interval_ms,
-        times.join(", ")
-    );
+    match &report.freeze {
+        Some(f) => {
+            let _ = writeln!(
+                out,
+                "\n1 scan with the target frozen ({} threads stopped for {:.1} ms): {}",
+                f.threads,
+                f.pause_ms,
+                times.join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "\n{} scans {} ms apart, a verdict only when all agree: {}",
+                report.scans.len(),
+                report.interval_ms,
+                times.join(", ")
+            );
+        }
+    }
     let _ = writeln!(out, "not checked:");
     for l in &report.limitations {
         let _ = writeln!(out, "  - {l}");
