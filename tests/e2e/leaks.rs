@@ -411,3 +411,52 @@ fn freeze_gives_the_verdicts_in_one_scan_and_resumes_the_target() {
         }
     }
 }
+
+/// A cluster of blocked goroutines becomes `suspect` at the thresholds given; never at the
+/// defaults on a small fixture; and suspects do not change the exit status.
+#[test]
+fn suspect_clusters_follow_their_thresholds() {
+    let binary = parkscope_e2e::fixture("idle_worker_pool", "1.26", "plain");
+    let running = RunningFixture::start(&binary.path);
+    let pid = running.pid().to_string();
+    let (default_report, code) = leaks_json(running.pid());
+    assert_eq!(default_report["suspect"], 0);
+    assert_eq!(code, Some(0));
+    let out = parkscope(&[
+        "leaks",
+        "--pid",
+        &pid,
+        "--format",
+        "json",
+        "--suspect-min-goroutines",
+        "4",
+        "--suspect-min-parked",
+        "0s",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "suspects alone do not fail the run"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The 4 resize workers ranging over one channel at one site; not the 3 thumbnail workers.
+    let resize: HashSet<i64> = running
+        .truth
+        .goroutines
+        .iter()
+        .filter(|g| g.role.contains("resize worker"))
+        .map(|g| g.goid)
+        .collect();
+    assert_eq!(resize.len(), 4);
+    let suspect: HashSet<i64> = report["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["verdict"] == "suspect")
+        .map(|v| v["goid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(suspect, resize, "{}", report["findings"]);
+    let finding = &report["findings"].as_array().unwrap()[0];
+    assert_eq!(finding["kind"], "suspect");
+    assert_eq!(finding["count"], 4);
+}

@@ -173,6 +173,8 @@ pub enum Why {
     /// Waits for a lock whose holder (or the writer it queues behind) never proceeds: it is
     /// on a wait cycle or leaked.
     BehindDeadlock,
+    /// One of many goroutines parked at the same site for a long time; not proven.
+    Cluster,
 }
 
 impl Why {
@@ -193,6 +195,11 @@ impl Why {
                 "it waits for a lock held (or queued for) by a goroutine that never proceeds; \
                  holders are known from their pending deferred unlocks"
             }
+            Why::Cluster => {
+                "many goroutines have been parked at this site for a long time; not proven \
+                 leaked (something that can still run reaches what they wait on), but worth a \
+                 look: a slow leak or an oversized pool"
+            }
         }
     }
 
@@ -200,6 +207,7 @@ impl Why {
     pub fn verdict(self) -> &'static str {
         match self {
             Why::WaitCycle | Why::BehindDeadlock => "deadlocked",
+            Why::Cluster => "suspect",
             Why::Unreachable | Why::NilChannel | Why::SelectNoCases => "leaked",
         }
     }
@@ -749,6 +757,8 @@ pub struct LeakReport {
     pub goroutines: usize,
     pub leaked: usize,
     pub deadlocked: usize,
+    /// In clusters that meet the suspect rule (not proven; no effect on the exit status).
+    pub suspect: usize,
     pub findings: Vec<Finding>,
     pub verdicts: Vec<Verdict>,
     /// With `--freeze`: the one scan ran with the target stopped, for this long.
@@ -773,6 +783,61 @@ pub const LIMITATIONS: &[&str] = &[
      reachable, as it does to Go's own detector: its waiters stay `blocked`",
 ];
 
+/// When a cluster of blocked goroutines becomes `suspect`. Defaults: 100 goroutines parked at
+/// one site for 10 minutes. Idle worker pools park dozens of goroutines at one site for as long
+/// as the service is quiet, so a smaller count would flag healthy pools; Go records how long a
+/// goroutine has been parked only from the first GC after it parked, so a shorter time would
+/// mostly read "unknown".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuspectRule {
+    pub min_goroutines: usize,
+    /// Every member must have been parked at least this long (0: the time may be unknown).
+    pub min_parked_ns: u64,
+}
+
+impl Default for SuspectRule {
+    fn default() -> Self {
+        SuspectRule {
+            min_goroutines: 100,
+            min_parked_ns: 10 * 60 * 1_000_000_000,
+        }
+    }
+}
+
+/// The goroutines of clusters that meet `rule`: parked on a channel or sync primitive, not
+/// flagged, `rule.min_goroutines` or more at one (wait reason, site), all parked long enough.
+fn suspects(
+    goroutines: &[Goroutine],
+    flagged: &HashMap<i64, Flag>,
+    rule: &SuspectRule,
+) -> HashSet<i64> {
+    let mut clusters: HashMap<(&str, Option<Location>), Vec<&Goroutine>> = HashMap::new();
+    for g in goroutines {
+        if flagged.contains_key(&g.goid) || !g.status.is_parked() {
+            continue;
+        }
+        let Some(reason) = g.wait_reason.as_deref().filter(|r| is_candidate_reason(r)) else {
+            continue;
+        };
+        clusters
+            .entry((reason, site(&g.stack)))
+            .or_default()
+            .push(g);
+    }
+    clusters
+        .into_values()
+        .filter(|gs| gs.len() >= rule.min_goroutines.max(1))
+        .filter(|gs| {
+            rule.min_parked_ns == 0
+                || gs
+                    .iter()
+                    .all(|g| g.parked_for_ns.is_some_and(|ns| ns >= rule.min_parked_ns))
+        })
+        .flatten()
+        .map(|g| g.goid)
+        .collect()
+}
+
 /// Run `scans` scans `interval` apart and report the goroutines every one of them flagged with
 /// an unchanged park key.
 pub fn detect(
@@ -780,6 +845,7 @@ pub fn detect(
     mem: &dyn Memory,
     scans: usize,
     interval: Duration,
+    suspect: &SuspectRule,
 ) -> Result<LeakReport, MemError> {
     let scans = scans.max(2);
     let mut stats = Vec::with_capacity(scans);
@@ -808,14 +874,15 @@ pub fn detect(
         &confirmed,
         stats,
         interval.as_millis() as u64,
+        suspect,
     ))
 }
 
 /// The report of one scan taken with the target stopped (`--freeze`): nothing moved while it
 /// was read, so every flag stands without a second scan.
-pub fn frozen_report(scan: Scan, freeze: FreezeStats) -> LeakReport {
+pub fn frozen_report(scan: Scan, freeze: FreezeStats, suspect: &SuspectRule) -> LeakReport {
     let confirmed: HashMap<i64, Flag> = scan.flags.iter().map(|f| (f.goid, f.clone())).collect();
-    let mut report = report(scan.snapshot, &confirmed, vec![scan.stats], 0);
+    let mut report = report(scan.snapshot, &confirmed, vec![scan.stats], 0, suspect);
     report.freeze = Some(freeze);
     report
 }
@@ -825,12 +892,22 @@ fn report(
     confirmed: &HashMap<i64, Flag>,
     scans: Vec<ScanStats>,
     interval_ms: u64,
+    suspect: &SuspectRule,
 ) -> LeakReport {
     snapshot.taken_at = snapshot::now_rfc3339();
+    let suspected = suspects(&snapshot.goroutines, confirmed, suspect);
+    let cluster_flag = |g: &Goroutine| Flag {
+        goid: g.goid,
+        g_addr: g.g_addr,
+        park_key: (0, 0, 0, 0, None),
+        why: Why::Cluster,
+        detail: None,
+    };
     let mut verdicts = Vec::new();
     let mut groups: BTreeMap<(Why, String, Option<Location>), Vec<&Goroutine>> = BTreeMap::new();
     for g in &snapshot.goroutines {
-        let verdict = match confirmed.get(&g.goid) {
+        let cluster = suspected.contains(&g.goid).then(|| cluster_flag(g));
+        let verdict = match confirmed.get(&g.goid).or(cluster.as_ref()) {
             Some(flag) => {
                 groups
                     .entry((
@@ -883,7 +960,13 @@ fn report(
             }
         })
         .collect();
-    findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.goids.cmp(&b.goids)));
+    // Proven findings first, then the suspect clusters; most goroutines first within each.
+    findings.sort_by(|a, b| {
+        (a.why == Why::Cluster)
+            .cmp(&(b.why == Why::Cluster))
+            .then(b.count.cmp(&a.count))
+            .then(a.goids.cmp(&b.goids))
+    });
     LeakReport {
         pid: snapshot.pid,
         go_version: snapshot.go_version,
@@ -900,6 +983,7 @@ fn report(
             .values()
             .filter(|f| f.why.verdict() == "deadlocked")
             .count(),
+        suspect: suspected.len(),
         findings,
         verdicts,
         freeze: None,
@@ -980,6 +1064,57 @@ mod tests {
         let mut unstable = g(7, Waiting, "chan send", true);
         unstable.unstable = true;
         assert_eq!(role(&unstable, 1), Role::Root);
+    }
+
+    #[test]
+    fn suspect_clusters_need_the_count_and_the_time() {
+        let at = |goid: i64, function: &str, parked_s: Option<u64>| {
+            let mut g = g(goid, Status::Waiting, "chan receive", true);
+            g.stack = vec![Frame {
+                function: function.into(),
+                file: "w.go".into(),
+                line: 9,
+                pc: 0,
+                inlined: false,
+            }];
+            g.parked_for_ns = parked_s.map(|s| s * 1_000_000_000);
+            g
+        };
+        let gs = vec![
+            at(1, "main.worker", Some(900)),
+            at(2, "main.worker", Some(700)),
+            at(3, "main.worker", Some(650)),
+            at(4, "main.other", Some(900)),
+        ];
+        let rule = |n: usize, s: u64| SuspectRule {
+            min_goroutines: n,
+            min_parked_ns: s * 1_000_000_000,
+        };
+        let none = HashMap::new();
+        assert_eq!(
+            suspects(&gs, &none, &rule(3, 600)),
+            HashSet::from([1, 2, 3])
+        );
+        // One member parked too briefly, or too few members: no cluster.
+        assert!(suspects(&gs, &none, &rule(3, 680)).is_empty());
+        assert!(suspects(&gs, &none, &rule(4, 0)).is_empty());
+        // Unknown parked time counts only when no minimum time is asked for.
+        let mut unknown = gs.clone();
+        unknown[0].parked_for_ns = None;
+        assert!(suspects(&unknown, &none, &rule(3, 600)).is_empty());
+        assert_eq!(suspects(&unknown, &none, &rule(3, 0)).len(), 3);
+        // Goroutines already proven leaked are not also suspect.
+        let flagged = HashMap::from([(
+            1,
+            Flag {
+                goid: 1,
+                g_addr: 0,
+                park_key: (0, 0, 0, 0, None),
+                why: Why::Unreachable,
+                detail: None,
+            },
+        )]);
+        assert!(suspects(&gs, &flagged, &rule(3, 600)).is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use parkscope::analysis::leaks::{self, LeakTarget};
+use parkscope::analysis::leaks::{self, LeakTarget, SuspectRule};
+
+use super::trace::parse_duration;
 use parkscope::error::InspectError;
 use parkscope::goruntime::snapshot::{self, Target};
 use parkscope::output;
@@ -39,6 +41,29 @@ pub struct LeaksArgs {
     /// is reported; if parkscope dies meanwhile the kernel resumes the target.
     #[arg(long, conflicts_with_all = ["scans", "interval_ms"])]
     pub freeze: bool,
+    #[command(flatten)]
+    pub suspect: SuspectArgs,
+}
+
+/// When blocked goroutines that are not proven leaked are reported `suspect`.
+#[derive(Args, Clone, Copy)]
+pub struct SuspectArgs {
+    /// A cluster (same wait reason and site) is suspect from this many goroutines.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub suspect_min_goroutines: u64,
+    /// … when every one has been parked at least this long (e.g. 10m, 90s; 0s also accepts
+    /// goroutines whose parked time Go has not recorded yet).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub suspect_min_parked: Duration,
+}
+
+impl SuspectArgs {
+    pub fn rule(self) -> SuspectRule {
+        SuspectRule {
+            min_goroutines: self.suspect_min_goroutines as usize,
+            min_parked_ns: self.suspect_min_parked.as_nanos() as u64,
+        }
+    }
 }
 
 pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
@@ -50,13 +75,18 @@ pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
         let frozen = Frozen::stop(args.pid).map_err(|e| freeze_error(args.pid, e))?;
         let scan = leaks::scan_once_with_roots(&lt, &mem, &frozen.register_words());
         let pause = frozen.resume();
-        leaks::frozen_report(scan.map_err(|e| snapshot::mem_error(args.pid, e))?, pause)
+        leaks::frozen_report(
+            scan.map_err(|e| snapshot::mem_error(args.pid, e))?,
+            pause,
+            &args.suspect.rule(),
+        )
     } else {
         leaks::detect(
             &lt,
             &mem,
             args.scans as usize,
             Duration::from_millis(args.interval_ms),
+            &args.suspect.rule(),
         )
         .map_err(|e| snapshot::mem_error(args.pid, e))?
     };

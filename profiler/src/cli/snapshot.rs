@@ -63,6 +63,7 @@ pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
             &ProcessMemory::new(args.pid),
             2,
             std::time::Duration::from_millis(100),
+            &leaks::SuspectRule::default(),
         )
         .map_err(|e| snapshot::mem_error(args.pid, e))?;
         let verdicts: std::collections::HashMap<i64, &str> = report

@@ -15,6 +15,7 @@ pub struct Metrics {
     goroutines: IntGaugeVec,
     leaked: IntGaugeVec,
     deadlocked: IntGaugeVec,
+    suspect: IntGaugeVec,
     process_info: IntGaugeVec,
     scan_duration: GaugeVec,
     unstable: IntGaugeVec,
@@ -51,6 +52,12 @@ impl Metrics {
             &registry,
             "parkscope_deadlocked_goroutines",
             "Goroutines deadlocked on locks (a wait cycle through lock holders, or waiting behind one; confirmed by two scans), by the site they are parked at.",
+            &["pid", "executable", "container", "site"],
+        );
+        let suspect = gauge_vec(
+            &registry,
+            "parkscope_suspect_goroutines",
+            "Goroutines in suspect clusters (many parked at one site for long, not proven leaked), by site.",
             &["pid", "executable", "container", "site"],
         );
         let process_info = gauge_vec(
@@ -109,6 +116,7 @@ impl Metrics {
             goroutines,
             leaked,
             deadlocked,
+            suspect,
             process_info,
             scan_duration,
             unstable,
@@ -130,6 +138,7 @@ impl Metrics {
         self.goroutines.reset();
         self.leaked.reset();
         self.deadlocked.reset();
+        self.suspect.reset();
         self.process_info.reset();
         self.scan_duration.reset();
         self.unstable.reset();
@@ -172,10 +181,10 @@ impl Metrics {
                 }
                 for ((kind, site), count) in by_site {
                     let site = leak_series.admit(&[&pid, kind, &site], &site);
-                    let gauge = if kind == "deadlocked" {
-                        &self.deadlocked
-                    } else {
-                        &self.leaked
+                    let gauge = match kind {
+                        "deadlocked" => &self.deadlocked,
+                        "suspect" => &self.suspect,
+                        _ => &self.leaked,
                     };
                     gauge
                         .with_label_values(&[

@@ -145,8 +145,14 @@ fn take_snapshot(pid: u32, with_leaks: bool) -> Result<Taken, String> {
         let proof = LeakTarget::new(&target).map_err(|e| e.to_string())?;
         let mem = ProcessMemory::new(pid);
         Some(
-            leaks::detect(&proof, &mem, 2, Duration::from_millis(100))
-                .map_err(|e| snapshot::mem_error(pid, e).to_string())?,
+            leaks::detect(
+                &proof,
+                &mem,
+                2,
+                Duration::from_millis(100),
+                &leaks::SuspectRule::default(),
+            )
+            .map_err(|e| snapshot::mem_error(pid, e).to_string())?,
         )
     } else {
         None

@@ -48,7 +48,7 @@ pub fn render(snapshot: &Snapshot) -> String {
                 )
             })
             .unwrap_or_default();
-        // Proven leaks stand out in red, deadlocks in orange; everything else stays plain.
+        // Proven leaks stand out in red, deadlocks in orange, suspect clusters in yellow.
         let has = |verdict: &str| {
             group
                 .members
@@ -59,6 +59,8 @@ pub fn render(snapshot: &Snapshot) -> String {
             ", style=filled, fillcolor=\"#f4a6a6\", color=\"#b00000\""
         } else if has("deadlocked") {
             ", style=filled, fillcolor=\"#f8c888\", color=\"#b05000\""
+        } else if has("suspect") {
+            ", style=filled, fillcolor=\"#fff2a8\", color=\"#a08000\""
         } else {
             ""
         };

@@ -10,13 +10,14 @@ pub fn render(report: &LeakReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pid {} ({}) {} — {} goroutines, {} leaked and {} deadlocked in {} finding(s), taken {}",
+        "pid {} ({}) {} — {} goroutines, {} leaked, {} deadlocked, {} suspect in {} finding(s), taken {}",
         report.pid,
         report.executable,
         report.go_version,
         report.goroutines,
         report.leaked,
         report.deadlocked,
+        report.suspect,
         report.findings.len(),
         report.taken_at
     );
