@@ -285,14 +285,7 @@ fn leaks_match_ground_truth_on_every_fixture_and_version_with_no_false_positive(
 /// Misses parkscope states as limitations (in the report's `limitations`), with the reason; any
 /// other miss fails the test. A miss line reads "<fixture> <release> <variant>: missed goid …".
 fn known_gap(miss: &str) -> Option<&'static str> {
-    let mut words = miss.split_whitespace();
-    let (fixture, release) = (words.next()?, words.next()?);
-    let minor: u32 = release.strip_prefix("1.")?.parse().ok()?;
-    match fixture {
-        // Go < 1.26 does not link a Cond waiter's sudog from its g: nothing names the Cond.
-        "cond_waiter_behind_channel" if minor < 26 && miss.contains("[sync.Cond.Wait]") => {
-            Some("sync.Cond waiters are candidates only on Go 1.26+")
-        }
+    match miss.split_whitespace().next()? {
         // A tiny mutex shares its 16-byte block with a live object (Go's own detector too).
         "heap_shapes" if miss.contains("[sync.Mutex.Lock]") && miss.contains("tiny mutex") => {
             Some("a tiny mutex sharing its block with a live object looks reachable")

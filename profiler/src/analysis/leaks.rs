@@ -35,7 +35,7 @@ use crate::goruntime::goroutines::{self, RawG, read_sudog};
 use crate::goruntime::heap::{self, Heap, HeapLayout};
 use crate::goruntime::layout::Field;
 use crate::goruntime::snapshot::{self, Target};
-use crate::model::{BlockedOn, Frame, Goroutine, Location, Snapshot, Status};
+use crate::model::{BlockedOn, Frame, Goroutine, Location, ObjectKind, Op, Snapshot, Status};
 use crate::remote::freeze::FreezeStats;
 use crate::remote::memory::{MemError, Memory};
 
@@ -353,6 +353,58 @@ fn scan_finalizers(
     found
 }
 
+/// `Cond{noCopy; L Locker; notify notifyList; …}`: the notify list sits after the Locker
+/// interface (unchanged since Go 1.0).
+const COND_NOTIFY_OFFSET: u64 = 16;
+
+/// Before Go 1.26 a goroutine in `sync.Cond.Wait` does not link its sudog from its g, so the
+/// snapshot cannot name the Cond. Its `sync.(*Cond).Wait` frame keeps the receiver live (it
+/// relocks `c.L` afterwards): the candidate whose notify list holds this goroutine's sudog is
+/// the Cond it waits on.
+fn name_cond_waits(
+    lt: &LeakTarget<'_, '_>,
+    mem: &dyn Memory,
+    snapshot: &mut Snapshot,
+    raw_of: &HashMap<u64, &RawG>,
+) {
+    let Some(head) = lt.target.binary.offsets.get("notifyList.head") else {
+        return;
+    };
+    let sudog = &lt.target.layout.sudog;
+    for g in snapshot.goroutines.iter_mut() {
+        if !g.status.is_parked()
+            || g.wait_reason.as_deref() != Some("sync.Cond.Wait")
+            || !g.blocked_on.is_empty()
+        {
+            continue;
+        }
+        let Some(raw) = raw_of.get(&g.g_addr) else {
+            continue;
+        };
+        let waits_on = |cond: u64| {
+            let Ok(mut s) = mem.read_u64(cond + COND_NOTIFY_OFFSET + head.value) else {
+                return false;
+            };
+            for _ in 0..goroutines::MAX_SUDOG_CHAIN {
+                match read_sudog(mem, sudog, s) {
+                    Some(found) if found.g == g.g_addr => return true,
+                    Some(found) if found.next != 0 && found.next != s => s = found.next,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        let words = lt.stacks.live_words_of(mem, raw, "sync.(*Cond).Wait");
+        if let Some(&cond) = words.iter().find(|&&w| w != 0 && waits_on(w)) {
+            g.blocked_on.push(BlockedOn {
+                kind: ObjectKind::Cond,
+                addr: cond,
+                op: Op::Wait,
+            });
+        }
+    }
+}
+
 /// The `runtime.p` records of `allp`, when the binary says where allp is.
 fn p_records(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Vec<u64> {
     let (Some(allp), Some(_)) = (lt.target.globals.allp, lt.p_timers) else {
@@ -414,8 +466,9 @@ pub fn scan_once_with_roots(
     let g_layout = &target.layout.g;
     let g_addrs = goroutines::read_allgs(mem, target.globals.allgs.wrapping_add(target.load_bias))?;
     let (raw, unreadable) = goroutines::read_gs(mem, g_layout, &g_addrs);
-    let snapshot = snapshot::read(target, mem, snapshot::monotonic_ns())?;
+    let mut snapshot = snapshot::read(target, mem, snapshot::monotonic_ns())?;
     let raw_of: HashMap<u64, &RawG> = raw.iter().map(|g| (g.addr, g)).collect();
+    name_cond_waits(lt, mem, &mut snapshot, &raw_of);
 
     let mut skip: HashSet<u64> = g_addrs.iter().copied().collect();
     skip.extend(sudogs(target, mem, &raw));
@@ -777,8 +830,6 @@ pub const LIMITATIONS: &[&str] = &[
     "running goroutines' stacks are scanned whole and conservatively (their registers and \
      live frames are not knowable from outside): a stale pointer there can hide a leak, never \
      invent one",
-    "sync.Cond waiters are candidates only on Go 1.26+ (older runtimes do not link them from the \
-     goroutine); before that they are treated as live",
     "a tiny mutex (8 bytes, in a 16-byte tiny-allocator block shared with a live object) looks \
      reachable, as it does to Go's own detector: its waiters stay `blocked`",
 ];

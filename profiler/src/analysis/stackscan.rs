@@ -212,6 +212,48 @@ impl<'a, 'd> StackScanner<'a, 'd> {
         }
     }
 
+    /// The live pointer slots (locals and arguments, by the stack maps) of the innermost frame
+    /// of `function` on a parked goroutine's stack; empty when it is not there or the stack
+    /// cannot be unwound to it.
+    pub fn live_words_of(&self, mem: &dyn Memory, g: &RawG, function: &str) -> Vec<u64> {
+        let (lo, hi) = (g.sched_sp, g.stack_hi);
+        if lo < g.stack_lo || lo >= hi || hi - lo > MAX_STACK || lo % 8 != 0 {
+            return Vec::new();
+        }
+        let Ok(stack) = mem.read_vec(lo, (hi - lo) as usize) else {
+            return Vec::new();
+        };
+        let word = |addr: u64| -> Option<u64> {
+            if addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
+                return None;
+            }
+            let i = (addr - lo) as usize;
+            Some(u64::from_le_bytes(stack[i..i + 8].try_into().ok()?))
+        };
+        let (mut pc, mut sp) = (g.sched_pc, g.sched_sp);
+        let mut objects = Vec::new();
+        for _ in 0..MAX_FRAMES {
+            let is_it = self
+                .binary
+                .pclntab
+                .func_for_pc(pc.wrapping_sub(self.bias))
+                .is_some_and(|f| f.name == function);
+            let mut words = Vec::new();
+            match self.frame(pc, sp, hi, &word, &mut words, &mut objects) {
+                _ if is_it => return words,
+                Frame::Next {
+                    pc: next_pc,
+                    sp: next_sp,
+                } => {
+                    pc = next_pc;
+                    sp = next_sp;
+                }
+                Frame::Done | Frame::Undecodable(_) => break,
+            }
+        }
+        Vec::new()
+    }
+
     /// The `fn` closure of every `_defer` record on the chain starting at `head` (`g._defer`):
     /// defers the compiler could not open-code (in loops, or too many in one function).
     pub fn deferred_closures(&self, mem: &dyn Memory, head: u64) -> Vec<u64> {
