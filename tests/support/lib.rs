@@ -111,11 +111,17 @@ pub struct RunningFixture {
 
 impl RunningFixture {
     pub fn start(binary: &Path) -> RunningFixture {
+        Self::start_with_env(binary, &[])
+    }
+
+    /// [`RunningFixture::start`] with extra environment variables (a fixture's knobs).
+    pub fn start_with_env(binary: &Path, env: &[(&str, &str)]) -> RunningFixture {
         let out_dir =
             std::env::temp_dir().join(format!("parkscope-e2e-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&out_dir).unwrap();
         let mut child = Command::new(binary)
             .env("PARKSCOPE_FIXTURE_OUT", &out_dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
