@@ -44,16 +44,22 @@ impl Daemon {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = self.get_with(path, "");
+        (status, body)
+    }
+
+    /// GET with extra request header lines; returns status, response head and body.
+    fn get_with(&self, path: &str, headers: &str) -> (u16, String, String) {
         let mut stream = TcpStream::connect(&self.addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let (head, body) = response.split_once("\r\n\r\n").unwrap();
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, body.to_string())
+        (status, head.to_string(), body.to_string())
     }
 
     fn processes(&self) -> Vec<Value> {
@@ -201,6 +207,21 @@ fn daemon_follows_processes_as_they_come_and_go() {
         ),
         Some(1.0)
     );
+    // OpenMetrics when asked for it (as Prometheus asks first), the classic text otherwise.
+    let accept =
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
+    let (status, head, om) = daemon.get_with("/metrics", accept);
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(om.contains("# TYPE parkscope_scans counter\n"), "{om}");
+    assert!(om.contains("parkscope_scans_total{"), "{om}");
+    let (_, head, text) = daemon.get_with("/metrics", "");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(!text.contains("# EOF") && text.contains("# TYPE parkscope_scans_total counter"));
     let (status, dot) = daemon.get(&format!("/api/v1/processes/{}/graph.dot", second.pid()));
     assert_eq!(status, 200);
     assert!(dot.starts_with("digraph"));

@@ -79,12 +79,19 @@ async fn handle(
     let text = String::from_utf8_lossy(&head);
     let mut parts = text.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let openmetrics =
+        text.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .any(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("accept") && wants_openmetrics(value)
+            });
     let response = if method != "GET" {
         Response::error(405, "only GET is supported")
     } else {
         // Rendering may take a while for big processes: off the async workers.
         let path = path.to_string();
-        tokio::task::spawn_blocking(move || route(&path, &state, &metrics))
+        tokio::task::spawn_blocking(move || route(&path, openmetrics, &state, &metrics))
             .await
             .unwrap_or_else(|_| Response::error(500, "internal error"))
     };
@@ -125,7 +132,22 @@ struct ProcessSummary<'a> {
     error: Option<&'a str>,
 }
 
-pub fn route(path: &str, state: &SharedState, metrics: &Metrics) -> Response {
+/// Whether an Accept header asks for OpenMetrics (as Prometheus does first when scraping).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|media| {
+        let mut params = media.split(';');
+        let kind = params.next().unwrap_or("").trim();
+        let refused = params.any(|p| {
+            p.trim()
+                .strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q == 0.0)
+        });
+        kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+    })
+}
+
+pub fn route(path: &str, openmetrics: bool, state: &SharedState, metrics: &Metrics) -> Response {
     let path = path.split('?').next().unwrap_or(path);
     let shared = state.lock().unwrap();
     match path {
@@ -135,10 +157,15 @@ pub fn route(path: &str, state: &SharedState, metrics: &Metrics) -> Response {
         "/metrics" => {
             let mut processes: Vec<_> = shared.processes.values().collect();
             processes.sort_by_key(|p| p.candidate.id.pid);
-            return Response::ok(
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics.render(&processes),
-            );
+            let text = metrics.render(&processes);
+            return if openmetrics {
+                Response::ok(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    crate::daemon::metrics::to_openmetrics(&text),
+                )
+            } else {
+                Response::ok("text/plain; version=0.0.4; charset=utf-8", text)
+            };
         }
         "/api/v1/processes" => {
             let mut list: Vec<ProcessSummary<'_>> = shared
@@ -198,5 +225,21 @@ pub fn route(path: &str, state: &SharedState, metrics: &Metrics) -> Response {
             Err(e) => Response::error(503, &e.to_string()),
         },
         _ => Response::error(404, "not found"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_openmetrics_from_the_accept_header() {
+        // What Prometheus 2.x/3.x sends.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!wants_openmetrics("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics("application/openmetrics-text; q=0"));
     }
 }

@@ -243,6 +243,43 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text exposition rewritten as OpenMetrics text: a counter family is named
+/// without its `_total` suffix in `# TYPE`/`# HELP` (its samples keep it), and the exposition
+/// ends with `# EOF`. Everything else (gauges, labels, escaping of our help texts) reads the
+/// same in both formats.
+pub fn to_openmetrics(prometheus_text: &str) -> String {
+    let mut counters: HashSet<&str> = HashSet::new();
+    for line in prometheus_text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, "counter")) = rest.split_once(' ')
+        {
+            counters.insert(name);
+        }
+    }
+    let family = |name: &str| -> String {
+        if counters.contains(name) {
+            name.strip_suffix("_total").unwrap_or(name).to_string()
+        } else {
+            name.to_string()
+        }
+    };
+    let mut out = String::with_capacity(prometheus_text.len() + 8);
+    for line in prometheus_text.lines() {
+        let rewritten = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            Some(format!("{prefix}{} {tail}", family(name)))
+        });
+        match rewritten {
+            Some(l) => out.push_str(l.trim_end()),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
 /// Admits label sets up to a cap; past it, the variable label becomes `__overflow__`.
 pub struct CappedSeries {
     seen: HashSet<String>,
@@ -277,6 +314,31 @@ impl CappedSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
+        let text = "\
+# HELP parkscope_scans_total Memory snapshots taken, by result.
+# TYPE parkscope_scans_total counter
+parkscope_scans_total{result=\"ok\"} 3
+# HELP parkscope_goroutines Goroutines by state.
+# TYPE parkscope_goroutines gauge
+parkscope_goroutines{pid=\"7\",state=\"chan send\"} 2
+";
+        let om = to_openmetrics(text);
+        assert_eq!(
+            om,
+            "\
+# HELP parkscope_scans Memory snapshots taken, by result.
+# TYPE parkscope_scans counter
+parkscope_scans_total{result=\"ok\"} 3
+# HELP parkscope_goroutines Goroutines by state.
+# TYPE parkscope_goroutines gauge
+parkscope_goroutines{pid=\"7\",state=\"chan send\"} 2
+# EOF
+"
+        );
+    }
 
     #[test]
     fn caps_series_with_an_overflow_bucket() {
