@@ -275,6 +275,59 @@ fn daemon_memory_stays_bounded_across_process_churn() {
     assert_eq!(daemon.stop(), Some(0));
 }
 
+/// `--probes`: each followed process gets a probe session under the governor; the metrics carry
+/// its wait-time histograms, event counts and group states; SIGTERM detaches it.
+#[test]
+fn daemon_probes_serve_wait_histograms_and_detach_on_exit() {
+    let binary = fixture("healthy_contention", "1.27", "plain");
+    let running = RunningFixture::start(&binary.path);
+    let pid = running.pid();
+    let mut daemon = Daemon::start(&[
+        "--pid",
+        &pid.to_string(),
+        "--probes",
+        "locks,park",
+        "--probe-budget-percent",
+        "100",
+    ]);
+    let pid_label = format!("pid=\"{pid}\"");
+    daemon.wait_until("mutex waits show in the wait-time histogram", |d| {
+        let (_, metrics) = d.get("/metrics");
+        metrics.lines().any(|l| {
+            l.starts_with("parkscope_wait_seconds_count{")
+                && l.contains(&pid_label)
+                && l.contains("kind=\"mutex\"")
+                && l.contains("site=\"main.")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0)
+        })
+    });
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(
+        metrics.contains("# TYPE parkscope_wait_seconds histogram"),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "parkscope_probe_events_total", &[&pid_label]).unwrap() > 0.0);
+    for group in ["locks", "park"] {
+        assert!(
+            metric(
+                &metrics,
+                "parkscope_probe_group_attached",
+                &[&pid_label, &format!("group=\"{group}\"")]
+            )
+            .is_some(),
+            "{group}: {metrics}"
+        );
+    }
+    // OpenMetrics keeps the histogram as is.
+    let accept = "Accept: application/openmetrics-text;version=1.0.0\r\n";
+    let (_, _, om) = daemon.get_with("/metrics", accept);
+    assert!(om.contains("# TYPE parkscope_wait_seconds histogram"));
+    assert_eq!(daemon.stop(), Some(0));
+    // The target runs on, untouched.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0\n"));
+}
+
 #[test]
 fn daemon_rejects_bad_input_and_keeps_serving() {
     // Port in use: a clear error, nonzero exit.

@@ -38,6 +38,14 @@ pub struct DaemonArgs {
     /// Skip the leak proof (two extra heap scans per snapshot).
     #[arg(long)]
     pub no_leaks: bool,
+    /// Attach these probe groups to every followed process for wait-time histograms
+    /// (e.g. locks,park; needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN besides CAP_SYS_PTRACE).
+    /// Default: none, memory reads only.
+    #[arg(long, value_parser = super::trace::parse_probe_list)]
+    pub probes: Option<super::trace::ProbeList>,
+    /// The probes' CPU budget per process, in percent of one core.
+    #[arg(long, default_value_t = 1.0)]
+    pub probe_budget_percent: f64,
 }
 
 pub fn run(args: DaemonArgs) -> Result<i32, InspectError> {
@@ -75,6 +83,8 @@ pub fn run(args: DaemonArgs) -> Result<i32, InspectError> {
         snapshot_interval: seconds(args.snapshot_interval, "--snapshot-interval")?,
         max_series: args.max_series,
         leaks: !args.no_leaks,
+        probes: args.probes.map(|p| p.0).unwrap_or_default(),
+        probe_budget: args.probe_budget_percent / 100.0,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

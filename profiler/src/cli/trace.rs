@@ -61,7 +61,7 @@ impl GovernorArgs {
 #[derive(Clone)]
 pub struct ProbeList(pub Vec<ProbeGroup>);
 
-fn parse_probe_list(s: &str) -> Result<ProbeList, String> {
+pub fn parse_probe_list(s: &str) -> Result<ProbeList, String> {
     probes::parse_groups(s).map(ProbeList)
 }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::daemon::ProcessState;
+use crate::daemon::probes::{WaitHistogram, render_wait_histograms};
 
 /// The label value that stands for every series past a metric's cardinality cap.
 pub const OVERFLOW: &str = "__overflow__";
@@ -22,7 +23,19 @@ pub struct Metrics {
     processes: IntGaugeVec,
     scans: IntCounterVec,
     series_dropped: IntCounterVec,
+    probe_events: IntCounterVec,
+    probe_lost: IntCounterVec,
+    governor_detaches: IntCounterVec,
+    probe_group_attached: IntGaugeVec,
     max_series: usize,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -111,8 +124,36 @@ impl Metrics {
         registry
             .register(Box::new(series_dropped.clone()))
             .expect("unique metric");
+        let probe_events = counter_vec(
+            &registry,
+            "parkscope_probe_events_total",
+            "Events the probes delivered (with --probes).",
+            &["pid", "executable"],
+        );
+        let probe_lost = counter_vec(
+            &registry,
+            "parkscope_probe_events_lost_total",
+            "Events lost because the ring buffer was full (with --probes).",
+            &["pid", "executable"],
+        );
+        let governor_detaches = counter_vec(
+            &registry,
+            "parkscope_governor_detaches_total",
+            "Times the overhead governor detached a probe group for going over its CPU budget.",
+            &["pid", "executable", "group"],
+        );
+        let probe_group_attached = gauge_vec(
+            &registry,
+            "parkscope_probe_group_attached",
+            "1 while a probe group is attached, 0 while the governor holds it off.",
+            &["pid", "executable", "group"],
+        );
         Metrics {
             registry,
+            probe_events,
+            probe_lost,
+            governor_detaches,
+            probe_group_attached,
             goroutines,
             leaked,
             deadlocked,
@@ -139,6 +180,13 @@ impl Metrics {
         self.leaked.reset();
         self.deadlocked.reset();
         self.suspect.reset();
+        self.probe_events.reset();
+        self.probe_lost.reset();
+        self.governor_detaches.reset();
+        self.probe_group_attached.reset();
+        let mut wait_series = CappedSeries::new(self.max_series);
+        let mut waits: BTreeMap<(String, String, &'static str, String), WaitHistogram> =
+            BTreeMap::new();
         self.process_info.reset();
         self.scan_duration.reset();
         self.unstable.reset();
@@ -196,6 +244,37 @@ impl Metrics {
                         .add(count);
                 }
             }
+            if let Some(watch) = &p.probes {
+                let stats = watch.stats.lock().unwrap().clone();
+                let exe = p.candidate.exe.as_str();
+                self.probe_events
+                    .with_label_values(&[pid.as_str(), exe])
+                    .inc_by(stats.events);
+                self.probe_lost
+                    .with_label_values(&[pid.as_str(), exe])
+                    .inc_by(stats.lost);
+                for group in &stats.groups {
+                    self.governor_detaches
+                        .with_label_values(&[pid.as_str(), exe, group])
+                        .inc_by(stats.detaches.get(group).copied().unwrap_or(0));
+                    self.probe_group_attached
+                        .with_label_values(&[pid.as_str(), exe, group])
+                        .set(i64::from(
+                            stats.error.is_none() && !stats.detached_now.contains(group),
+                        ));
+                }
+                for ((kind, site), h) in stats.waits {
+                    let site = wait_series.admit(&[&pid, kind, &site], &site);
+                    let merged = waits
+                        .entry((pid.clone(), exe.to_string(), kind, site))
+                        .or_default();
+                    merged.count += h.count;
+                    merged.sum_ns += h.sum_ns;
+                    for (m, n) in merged.le.iter_mut().zip(h.le) {
+                        *m += n;
+                    }
+                }
+            }
             let Some(snapshot) = &p.snapshot else {
                 continue;
             };
@@ -235,11 +314,18 @@ impl Metrics {
                 .with_label_values(&["parkscope_goroutines"])
                 .inc_by(goroutine_series.overflowed);
         }
+        if wait_series.overflowed > 0 {
+            self.series_dropped
+                .with_label_values(&["parkscope_wait_seconds"])
+                .inc_by(wait_series.overflowed);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into memory");
-        String::from_utf8(out).expect("prometheus text is UTF-8")
+        let mut text = String::from_utf8(out).expect("prometheus text is UTF-8");
+        text.push_str(&render_wait_histograms(&waits));
+        text
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod discovery;
 pub mod http;
 pub mod metrics;
+pub mod probes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,10 @@ pub struct DaemonConfig {
     pub max_series: usize,
     /// Run the leak proof (two scans, 100 ms apart) with every snapshot.
     pub leaks: bool,
+    /// Probe groups to attach to every followed process (empty: no probes, memory reads only).
+    pub probes: Vec<crate::probes::ProbeGroup>,
+    /// The probes' CPU budget per process, fraction of one core.
+    pub probe_budget: f64,
 }
 
 /// What the daemon knows about one followed process.
@@ -46,6 +51,8 @@ pub struct ProcessState {
     pub leaks: Option<Arc<LeakReport>>,
     pub scan_seconds: f64,
     pub last_error: Option<String>,
+    /// The probe session, with `--probes`; dropping it detaches the probes.
+    pub probes: Option<probes::ProbeWatch>,
     next_scan: Instant,
 }
 
@@ -130,6 +137,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), crate::error::InspectError>
     }
     info!("SIGTERM: detaching and exiting");
     server.abort();
+    let followed: Vec<ProcessState> = state
+        .lock()
+        .unwrap()
+        .processes
+        .drain()
+        .map(|(_, p)| p)
+        .collect();
+    drop(followed); // each probe session detaches as it is dropped
     Ok(())
 }
 
@@ -203,13 +218,19 @@ fn rescan(config: &DaemonConfig, state: &SharedState, cache: &mut GoBinaryCache)
     let candidates = discovery::scan_proc();
     let mut shared = state.lock().unwrap();
     let alive: HashMap<u32, &Candidate> = candidates.iter().map(|c| (c.id.pid, c)).collect();
-    shared.processes.retain(|pid, p| {
-        let same = alive.get(pid).is_some_and(|c| c.id == p.candidate.id);
-        if !same {
+    let left: Vec<u32> = shared
+        .processes
+        .iter()
+        .filter(|(pid, p)| !alive.get(pid).is_some_and(|c| c.id == p.candidate.id))
+        .map(|(pid, _)| *pid)
+        .collect();
+    let mut gone = Vec::new();
+    for pid in left {
+        if let Some(p) = shared.processes.remove(&pid) {
             info!(pid, exe = %p.candidate.exe, "process left");
+            gone.push(p);
         }
-        same
-    });
+    }
     for candidate in candidates {
         if shared.processes.contains_key(&candidate.id.pid) || !config.selector.wants(&candidate) {
             continue;
@@ -227,6 +248,9 @@ fn rescan(config: &DaemonConfig, state: &SharedState, cache: &mut GoBinaryCache)
             container = candidate.container_id.as_deref().unwrap_or(""),
             "process attached"
         );
+        let watch = (!config.probes.is_empty()).then(|| {
+            probes::ProbeWatch::start(candidate.id.pid, config.probes.clone(), config.probe_budget)
+        });
         shared.processes.insert(
             candidate.id.pid,
             ProcessState {
@@ -236,8 +260,12 @@ fn rescan(config: &DaemonConfig, state: &SharedState, cache: &mut GoBinaryCache)
                 leaks: None,
                 scan_seconds: 0.0,
                 last_error: None,
+                probes: watch,
                 next_scan: Instant::now(),
             },
         );
     }
+    // Stopping a probe session waits for it to detach (one drain period): not under the lock.
+    drop(shared);
+    drop(gone);
 }

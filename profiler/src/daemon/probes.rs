@@ -1,0 +1,257 @@
+//! Probes in the daemon (`--probes`): one probe session per followed process, on its own thread,
+//! under the overhead governor like `parkscope profile`, feeding cumulative wait-time histograms
+//! per (kind, waiting site). Dropping the watch stops the session, which detaches every probe.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tracing::{info, warn};
+
+use crate::analysis::contention::{self, Accountant, UNKNOWN_SITE};
+use crate::probes::ProbeGroup;
+use crate::probes::governor::Action;
+use crate::probes::session::{self, Output, TraceOptions};
+
+/// Upper bounds of the wait-time buckets, in seconds: a contended mutex hand-off is
+/// microseconds, a slow holder milliseconds to seconds.
+pub const BUCKETS_S: [f64; 10] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0, 10.0];
+
+/// Cumulative wait times of one (kind, site).
+#[derive(Clone, Debug, Default)]
+pub struct WaitHistogram {
+    pub count: u64,
+    pub sum_ns: u64,
+    /// Waits at or under each bound of [`BUCKETS_S`] (cumulative, as Prometheus wants them).
+    pub le: [u64; BUCKETS_S.len()],
+}
+
+impl WaitHistogram {
+    pub fn observe(&mut self, ns: u64) {
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(ns);
+        let s = ns as f64 / 1e9;
+        for (i, bound) in BUCKETS_S.iter().enumerate() {
+            if s <= *bound {
+                self.le[i] += 1;
+            }
+        }
+    }
+}
+
+/// What one process's probe session has seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeStats {
+    /// Keyed by (wait kind, "function file:line" of the waiting site).
+    pub waits: BTreeMap<(&'static str, String), WaitHistogram>,
+    pub events: u64,
+    pub lost: u64,
+    pub detaches: BTreeMap<&'static str, u64>,
+    pub detached_now: BTreeSet<&'static str>,
+    pub groups: Vec<&'static str>,
+    /// Why the session ended early (it could not attach, or failed).
+    pub error: Option<String>,
+}
+
+pub struct ProbeWatch {
+    stop: Arc<AtomicBool>,
+    pub stats: Arc<Mutex<ProbeStats>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProbeWatch {
+    pub fn start(pid: u32, groups: Vec<ProbeGroup>, budget: f64) -> ProbeWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(ProbeStats {
+            groups: groups.iter().map(|g| g.name()).collect(),
+            ..ProbeStats::default()
+        }));
+        let mut opts = TraceOptions::new(pid, groups);
+        opts.raw = true;
+        opts.budget = budget;
+        opts.stop = Some(stop.clone());
+        let shared = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("probes-{pid}"))
+            .spawn(move || run(opts, shared))
+            .ok();
+        ProbeWatch {
+            stop,
+            stats,
+            thread,
+        }
+    }
+}
+
+impl Drop for ProbeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The session notices within one drain period (50 ms) and detaches its probes.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
+    let pid = opts.pid;
+    let mut acc = Accountant::new(true);
+    let result = session::run(&opts, |item| {
+        match &item {
+            Output::Raw { event, decoder } => {
+                acc.feed(&contention::observe(*decoder, event));
+                stats.lock().unwrap().events += 1;
+            }
+            Output::Notice(n) => {
+                let mut s = stats.lock().unwrap();
+                match &n.action {
+                    Some(Action::Detach { group, .. }) => {
+                        *s.detaches.entry(group.name()).or_default() += 1;
+                        s.detached_now.insert(group.name());
+                        warn!(pid, group = group.name(), "{}", n.message);
+                    }
+                    Some(Action::Reattach { group }) => {
+                        s.detached_now.remove(group.name());
+                        info!(pid, group = group.name(), "{}", n.message);
+                    }
+                    None if n.notice == "drops" => {
+                        s.lost += leading_number(&n.message);
+                    }
+                    None => {}
+                }
+            }
+            Output::Tick { .. } => {
+                // Finished waits go into the histograms; the accountant keeps none of them.
+                let finished = std::mem::take(&mut acc.waits);
+                acc.charges.clear();
+                if !finished.is_empty() {
+                    let mut s = stats.lock().unwrap();
+                    for w in finished {
+                        let site = w
+                            .stack
+                            .first()
+                            .map(|f| format!("{} {}:{}", f.function, f.file, f.line))
+                            .unwrap_or_else(|| UNKNOWN_SITE.to_string());
+                        s.waits
+                            .entry((w.kind.name(), site))
+                            .or_default()
+                            .observe(w.delay_ns);
+                    }
+                }
+            }
+            Output::Event(_) => {}
+        }
+    });
+    match result {
+        Ok(summary) => info!(pid, end = %summary.end, events = summary.events, "probes detached"),
+        Err(e) => {
+            warn!(pid, error = %e, "probes not attached");
+            stats.lock().unwrap().error = Some(e.to_string());
+        }
+    }
+}
+
+/// "123 events lost: …" → 123.
+fn leading_number(message: &str) -> u64 {
+    message
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Prometheus text for the wait histograms, keyed by (pid, executable, kind, site). Written by
+/// hand: the series are rebuilt from the daemon's state at each scrape, which the client
+/// library's histograms (observe-only) cannot do.
+pub fn render_wait_histograms(
+    waits: &BTreeMap<(String, String, &'static str, String), WaitHistogram>,
+) -> String {
+    let mut out = String::new();
+    if waits.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "# HELP parkscope_wait_seconds Time goroutines waited on contended locks, channels, \
+         wait groups and conds (park to wake-up, from the probes), by kind and waiting site.\n",
+    );
+    out.push_str("# TYPE parkscope_wait_seconds histogram\n");
+    for ((pid, exe, kind, site), h) in waits {
+        let labels = format!(
+            "pid=\"{}\",executable=\"{}\",kind=\"{}\",site=\"{}\"",
+            escape(pid),
+            escape(exe),
+            escape(kind),
+            escape(site)
+        );
+        for (bound, n) in BUCKETS_S.iter().zip(h.le) {
+            let _ = writeln!(
+                out,
+                "parkscope_wait_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "parkscope_wait_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(
+            out,
+            "parkscope_wait_seconds_sum{{{labels}}} {}",
+            h.sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(out, "parkscope_wait_seconds_count{{{labels}}} {}", h.count);
+    }
+    out
+}
+
+/// Label value escaping of the text format: backslash, double quote, newline.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_render_as_prometheus_text() {
+        let mut h = WaitHistogram::default();
+        h.observe(500); // 0.5 µs
+        h.observe(2_000_000); // 2 ms
+        h.observe(20_000_000_000); // 20 s: only +Inf
+        assert_eq!(h.count, 3);
+        assert_eq!(h.le[0], 1);
+        assert_eq!(h.le[3], 1); // ≤ 1 ms
+        assert_eq!(h.le[4], 2); // ≤ 10 ms
+        assert_eq!(h.le[BUCKETS_S.len() - 1], 2);
+        let waits = BTreeMap::from([(
+            (
+                "7".to_string(),
+                "/bin/svc".to_string(),
+                "mutex",
+                "main.post \"x\".go:9".to_string(),
+            ),
+            h,
+        )]);
+        let text = render_wait_histograms(&waits);
+        assert!(text.starts_with("# HELP parkscope_wait_seconds "), "{text}");
+        assert!(
+            text.contains(
+                "parkscope_wait_seconds_bucket{pid=\"7\",executable=\"/bin/svc\",kind=\"mutex\",site=\"main.post \\\"x\\\".go:9\",le=\"0.01\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(",le=\"+Inf\"} 3\n"), "{text}");
+        assert!(text.contains("parkscope_wait_seconds_sum{"), "{text}");
+        assert!(render_wait_histograms(&BTreeMap::new()).is_empty());
+        assert_eq!(
+            leading_number("12 events lost: the ring buffer was full"),
+            12
+        );
+    }
+}
