@@ -351,13 +351,47 @@ fn daemon_rejects_bad_input_and_keeps_serving() {
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--exe-regex"));
 
-    // A non-Go pid is not followed; a Go one next to it is.
+    // A malformed config file, and one with a misspelt key: the file, line and key named.
+    let dir = std::env::temp_dir().join(format!("parkscope-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, expected) in [
+        ("broken.toml", "listen = 127.0.0.1:9464\n", "line 1"),
+        (
+            "typo.toml",
+            "all = true\nsnapshot_intervall = 3\n",
+            "snapshot_intervall",
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(parkscope_bin())
+            .args(["daemon", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{name}");
+        assert!(
+            stderr.contains(name) && stderr.contains(expected),
+            "{name}: {stderr}"
+        );
+    }
+
+    // A non-Go pid is not followed; a Go one next to it is (both from a config file).
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
     let binary = fixture("timers", "1.26", "plain");
     let go = RunningFixture::start(&binary.path);
-    let sleeper_pid = sleeper.id().to_string();
-    let go_pid = go.pid().to_string();
-    let mut daemon = Daemon::start(&["--pid", &sleeper_pid, "--pid", &go_pid]);
+    let config = dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pids = [{}, {}]\nmax_series = 100\n",
+            sleeper.id(),
+            go.pid()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&["--config", config.to_str().unwrap()]);
     daemon.wait_until("the Go process is snapshotted", |d| {
         d.has_snapshot_of(go.pid())
     });

@@ -15,6 +15,10 @@
 //! and for each, the largest gap the target's stall meter (a goroutine sleeping 1 ms in a loop)
 //! saw while it ran: how long the target's other goroutines were held up. Results (medians, and
 //! the ratios of the medians) go to target/bench/snapshot.{md,json}.
+//!
+//! `PARKSCOPE_BENCH_BASELINE=/path/to/an/older/parkscope` adds that binary's text and JSON
+//! snapshots to the same rounds (same target, interleaved), for before/after numbers measured
+//! side by side.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -65,6 +69,11 @@ struct SizeResult {
     parkscope: Summary,
     /// `parkscope snapshot --format json` (every goroutine with its whole stack).
     parkscope_json: Summary,
+    /// The same two with the `PARKSCOPE_BENCH_BASELINE` binary, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_json: Option<Summary>,
     go_debug2: Summary,
     idle: Summary,
     /// median Go endpoint time / median parkscope (text) time (> 1: parkscope is faster).
@@ -75,6 +84,8 @@ struct SizeResult {
 #[derive(Serialize)]
 struct Report {
     parkscope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<String>,
     fixture: String,
     cpus: usize,
     repeats: usize,
@@ -87,6 +98,7 @@ pub fn run() -> anyhow::Result<()> {
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
     let parkscope = release_parkscope()?;
+    let baseline = std::env::var_os("PARKSCOPE_BENCH_BASELINE").map(PathBuf::from);
     let fixture = build_fixture(&out)?;
     let sizes = env_list("PARKSCOPE_BENCH_SIZES").unwrap_or_else(|| DEFAULT_SIZES.to_vec());
     let repeats = env_list("PARKSCOPE_BENCH_REPEATS")
@@ -96,10 +108,18 @@ pub fn run() -> anyhow::Result<()> {
 
     let mut results = Vec::new();
     for &n in &sizes {
-        results.push(bench_size(&parkscope, &fixture, &out, n, repeats)?);
+        results.push(bench_size(
+            &parkscope,
+            baseline.as_deref(),
+            &fixture,
+            &out,
+            n,
+            repeats,
+        )?);
     }
     let report = Report {
         parkscope: parkscope.display().to_string(),
+        baseline: baseline.map(|b| b.display().to_string()),
         fixture: format!("bench_parked ({TOOLCHAIN})"),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         repeats,
@@ -289,6 +309,7 @@ const SETTLE: Duration = Duration::from_millis(30);
 
 fn bench_size(
     parkscope: &Path,
+    baseline: Option<&Path>,
     fixture: &Path,
     out: &Path,
     n: usize,
@@ -305,23 +326,37 @@ fn bench_size(
     // Warm-up (page cache, the target's HTTP server and dump buffers); not measured.
     run_parkscope(parkscope, pid, "json", &file)?;
     run_parkscope(parkscope, pid, "text", &text_file)?;
+    let baseline_file = target.work.join("baseline.out");
+    if let Some(baseline) = baseline {
+        run_parkscope(baseline, pid, "text", &baseline_file)?;
+    }
     let go_dump_bytes = http_get(&addr, dump_path)?.len();
     std::thread::sleep(Duration::from_millis(200));
 
     let (mut ours, mut ours_json, mut go, mut idle) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut base, mut base_json) = (Vec::new(), Vec::new());
     for round in 0..repeats {
         // Alternate which goes first, so drift (GC, other load) does not favour one side.
         for step in 0..2 {
             let parkscope_now = (round + step) % 2 == 0;
             stall_window(&addr)?;
             if parkscope_now {
-                for (format, path, samples) in [
-                    ("text", &text_file, &mut ours),
-                    ("json", &file, &mut ours_json),
-                ] {
+                let mut runs = vec![
+                    (parkscope, "text", &text_file, &mut ours),
+                    (parkscope, "json", &file, &mut ours_json),
+                ];
+                if let Some(baseline) = baseline {
+                    runs.push((baseline, "text", &baseline_file, &mut base));
+                    runs.push((baseline, "json", &baseline_file, &mut base_json));
+                    // Alternate which binary goes first.
+                    if round % 2 == 1 {
+                        runs.rotate_left(2);
+                    }
+                }
+                for (binary, format, path, samples) in runs {
                     stall_window(&addr)?;
-                    let (wall, rss_kib) = run_parkscope(parkscope, pid, format, path)?;
+                    let (wall, rss_kib) = run_parkscope(binary, pid, format, path)?;
                     std::thread::sleep(SETTLE);
                     samples.push(Sample {
                         wall_ms: wall.as_secs_f64() * 1e3,
@@ -350,6 +385,12 @@ fn bench_size(
             target_max_gap_ms: stall_window(&addr)?,
             peak_rss_mib: None,
         });
+        if let (Some(text), Some(json)) = (base.last(), base_json.last()) {
+            eprintln!(
+                "bench: {n}: baseline text {:.1} ms, json {:.1} ms",
+                text.wall_ms, json.wall_ms
+            );
+        }
         eprintln!(
             "bench: {n}: parkscope text {:.1} ms (gap {:.1} ms, {:.0} MiB), json {:.1} ms, go debug=2 {:.1} ms (gap {:.1} ms), idle gap {:.1} ms",
             ours.last().unwrap().wall_ms,
@@ -383,6 +424,8 @@ fn bench_size(
             && parkscope.median_target_max_gap_ms <= idle_median_plus(&idle, 5.0),
         parkscope,
         parkscope_json,
+        baseline: baseline.map(|_| summarize(base)),
+        baseline_json: baseline.map(|_| summarize(base_json)),
         go_debug2,
         idle: summarize(idle),
         speedup_vs_go,
@@ -420,6 +463,30 @@ fn markdown(report: &Report) -> String {
             s.speedup_vs_go,
             s.go_debug2.median_wall_ms / s.parkscope_json.median_wall_ms.max(1e-9),
         ));
+    }
+    if let Some(baseline) = &report.baseline {
+        md.push_str(&format!(
+            "\nBefore and after, same rounds (baseline: `{baseline}`):\n\n\
+             | goroutines | baseline (text) | parkscope (text) | speedup | baseline (json) | parkscope (json) | speedup | peak RSS text, baseline / parkscope |\n\
+             |---|---|---|---|---|---|---|---|\n"
+        ));
+        for s in &report.sizes {
+            let (Some(b), Some(bj)) = (&s.baseline, &s.baseline_json) else {
+                continue;
+            };
+            md.push_str(&format!(
+                "| {} | {:.1} ms | {:.1} ms | {:.2}x | {:.1} ms | {:.1} ms | {:.2}x | {:.1} / {:.1} MiB |\n",
+                s.goroutines_requested,
+                b.median_wall_ms,
+                s.parkscope.median_wall_ms,
+                b.median_wall_ms / s.parkscope.median_wall_ms.max(1e-9),
+                bj.median_wall_ms,
+                s.parkscope_json.median_wall_ms,
+                bj.median_wall_ms / s.parkscope_json.median_wall_ms.max(1e-9),
+                b.median_peak_rss_mib.unwrap_or(0.0),
+                s.parkscope.median_peak_rss_mib.unwrap_or(0.0),
+            ));
+        }
     }
     md.push_str(
         "\nparkscope time is the whole `parkscope snapshot --format text|json -o FILE` process \

@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::goruntime::layout::{GLayout, SudogLayout};
 use crate::model::Status;
-use crate::remote::memory::{MemError, Memory};
+use crate::remote::memory::{self, MemError, Memory};
 
 /// Far above real programs (millions of goroutines are rare) and bounds the allgs read.
 pub const MAX_GOROUTINES: u64 = 4_000_000;
@@ -228,7 +228,7 @@ pub fn for_each_record(
         addrs.iter().for_each(|&a| f(a, None));
         return;
     }
-    let mut buffer = vec![0u8; size * addrs.len().min(RECORD_BATCH)];
+    let mut buffer = memory::scratch_buffer(size * addrs.len().min(RECORD_BATCH));
     for chunk in addrs.chunks(RECORD_BATCH) {
         let buffer = &mut buffer[..size * chunk.len()];
         let mut requests: Vec<(u64, &mut [u8])> = chunk
@@ -242,6 +242,7 @@ pub fn for_each_record(
             f(addr, result.is_ok().then_some(record));
         }
     }
+    memory::give_back(buffer);
 }
 
 /// One sudog of a `g.waiting` chain or a channel queue.

@@ -15,6 +15,9 @@ impl Field {
     /// Read the field from a record read whole; None when the record is too short.
     pub fn read(&self, record: &[u8]) -> Option<u64> {
         let bytes = record.get(self.offset..self.offset + self.size)?;
+        if let Ok(word) = <[u8; 8]>::try_from(bytes) {
+            return Some(u64::from_le_bytes(word));
+        }
         let mut word = [0u8; 8];
         word[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
         Some(u64::from_le_bytes(word))

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::goruntime::globals::SEMTABLE_SIZE;
-use crate::goruntime::goroutines::{AddrMap, RawSudog, read_sudog};
+use crate::goruntime::goroutines::{RawSudog, read_sudog};
 use crate::goruntime::layout::{HchanLayout, SemaRootLayout, SudogLayout};
 use crate::model::{ChanState, ObjectKind, Op};
 use crate::remote::memory::Memory;
@@ -27,7 +27,7 @@ pub fn read_channel(
     sudog: &SudogLayout,
     addr: u64,
 ) -> Option<RawChannel> {
-    read_channel_with(mem, hchan, sudog, addr, &AddrMap::default())
+    read_channel_with(mem, hchan, sudog, addr, &|_| None)
 }
 
 /// [`read_channel`], taking queue entries from `fresh` (sudogs just read in one batch, by
@@ -38,7 +38,7 @@ pub fn read_channel_with(
     hchan: &HchanLayout,
     sudog: &SudogLayout,
     addr: u64,
-    fresh: &AddrMap<u64, RawSudog>,
+    fresh: &dyn Fn(u64) -> Option<RawSudog>,
 ) -> Option<RawChannel> {
     let record = mem.read_vec(addr, hchan.size).ok()?;
     let state = ChanState {
@@ -63,16 +63,12 @@ fn queue(
     mem: &dyn Memory,
     layout: &SudogLayout,
     first: u64,
-    fresh: &AddrMap<u64, RawSudog>,
+    fresh: &dyn Fn(u64) -> Option<RawSudog>,
 ) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut next = first;
     while next != 0 && out.len() < MAX_QUEUE {
-        let Some(s) = fresh
-            .get(&next)
-            .copied()
-            .or_else(|| read_sudog(mem, layout, next))
-        else {
+        let Some(s) = fresh(next).or_else(|| read_sudog(mem, layout, next)) else {
             break;
         };
         out.push((s.g, s.addr));

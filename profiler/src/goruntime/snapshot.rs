@@ -2,6 +2,8 @@
 //! no pause: every goroutine, what it waits on, and the objects in between.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::InspectError;
 use crate::gobin::GoBinary;
@@ -72,7 +74,8 @@ pub fn take(target: &Target<'_>) -> Result<Snapshot, InspectError> {
     let mem = ProcessMemory::new(target.pid);
     let taken_at = now_rfc3339();
     let now_mono = monotonic_ns();
-    let snapshot = read(target, &mem, now_mono).map_err(|e| mem_error(target.pid, e))?;
+    let snapshot = read_with(target, Reader::Shared(&mem, reader_threads()), now_mono)
+        .map_err(|e| mem_error(target.pid, e))?;
     Ok(Snapshot {
         taken_at,
         ..snapshot
@@ -81,123 +84,318 @@ pub fn take(target: &Target<'_>) -> Result<Snapshot, InspectError> {
 
 /// The reading itself, over any `Memory` (tests use recordings).
 pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snapshot, MemError> {
+    read_with(target, Reader::Serial(mem), now_mono)
+}
+
+/// Threads that read batches of goroutines at once: most of a snapshot's time is the kernel
+/// copying g records, stacks and sudogs out of the target page by page, which goes as fast as
+/// the CPUs that ask.
+const MAX_READER_THREADS: usize = 4;
+
+fn reader_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_READER_THREADS))
+}
+
+/// The memory a snapshot reads, and whether it may be read from several threads.
+#[derive(Clone, Copy)]
+enum Reader<'m> {
+    Serial(&'m dyn Memory),
+    Shared(&'m (dyn Memory + Sync), usize),
+}
+
+impl Reader<'_> {
+    fn mem(&self) -> &dyn Memory {
+        match *self {
+            Reader::Serial(mem) => mem,
+            Reader::Shared(mem, _) => mem,
+        }
+    }
+
+    /// `f` over `jobs` jobs, on as many threads as the reader allows, each thread taking the
+    /// next job until none is left; `state` makes what one thread keeps between its jobs. The
+    /// results in job order.
+    fn run<S, T: Send>(
+        &self,
+        jobs: usize,
+        state: impl Fn() -> S + Sync,
+        f: impl Fn(&dyn Memory, &mut S, usize) -> T + Sync,
+    ) -> Vec<T> {
+        let (mem, threads) = match *self {
+            Reader::Shared(mem, threads) if threads > 1 && jobs > 1 => (mem, threads.min(jobs)),
+            _ => {
+                let mut state = state();
+                return (0..jobs).map(|n| f(self.mem(), &mut state, n)).collect();
+            }
+        };
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut state = state();
+            let mut done = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= jobs {
+                    return done;
+                }
+                done.push((n, f(mem, &mut state, n)));
+            }
+        };
+        let mut done: Vec<(usize, T)> = std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            let mut done = work();
+            for helper in helpers {
+                match helper.join() {
+                    Ok(theirs) => done.extend(theirs),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            done
+        });
+        done.sort_unstable_by_key(|(n, _)| *n);
+        done.into_iter().map(|(_, t)| t).collect()
+    }
+}
+
+/// What describing one batch of goroutines came to, besides the goroutines it confirmed.
+#[derive(Default)]
+struct BatchOut {
+    /// The sudogs of the confirmed goroutines' waiting chains.
+    sudogs: Vec<u64>,
+    /// Changed under the reader: the newer record, to be read again.
+    changed: Vec<(usize, RawG)>,
+    /// Unreadable on the confirming re-read: the record we had.
+    moving: Vec<(usize, RawG)>,
+}
+
+/// Which semaphore a goroutine sleeps on, from `runtime.semtable`: read once, when the first
+/// goroutine needs it (Go 1.26 links sync waits through g.waiting, older releases only there).
+struct Semtable<'t, 'data> {
+    target: &'t Target<'data>,
+    waiters: OnceLock<HashMap<u64, u64>>,
+}
+
+impl Semtable<'_, '_> {
+    fn sema_of(&self, mem: &dyn Memory, g_addr: u64) -> Option<u64> {
+        let layout = &self.target.layout;
+        self.waiters
+            .get_or_init(|| match (self.target.globals.semtable, &layout.sema_root) {
+                (Some(table), Some(root)) => objects::semtable_waiters(
+                    mem,
+                    self.target.runtime_addr(table),
+                    root,
+                    &layout.sudog,
+                ),
+                _ => HashMap::new(),
+            })
+            .get(&g_addr)
+            .copied()
+    }
+}
+
+/// What every batch needs besides its goroutines.
+struct Context<'t, 'data> {
+    target: &'t Target<'data>,
+    semtable: Semtable<'t, 'data>,
+    now_mono: i64,
+}
+
+impl<'t, 'data> Context<'t, 'data> {
+    fn symbolizer(&self) -> stack::Symbolizer<'t, 'data> {
+        stack::Symbolizer::new(
+            &self.target.binary.pclntab,
+            self.target.load_bias,
+            self.target.wrapper_func_id,
+        )
+    }
+
+    /// Read the g records at `addrs` (allgs positions from `first`): the live ones.
+    fn read_gs(&self, mem: &dyn Memory, first: usize, addrs: &[u64]) -> Vec<(usize, RawG)> {
+        goroutines::reread_gs(mem, &self.target.layout.g, addrs)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, g)| Some((first + i, g?)))
+            .filter(|(_, g)| g.status != Status::Dead)
+            .collect()
+    }
+
+    /// Follow the batch's stacks and waiting chains, then confirm each goroutine did not move
+    /// while we did (one more read of its record) and describe it: `place` gets each confirmed
+    /// goroutine with its position in allgs.
+    fn describe_batch(
+        &self,
+        mem: &dyn Memory,
+        batch: &[(usize, RawG)],
+        symbols: &mut stack::Symbolizer<'_, '_>,
+        out: &mut BatchOut,
+        place: &mut dyn FnMut(usize, Described),
+    ) {
+        let gs: Vec<&RawG> = batch.iter().map(|(_, g)| g).collect();
+        let prefetched = prefetch(self.target, mem, &gs);
+        let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
+        let again = goroutines::reread_gs(mem, &self.target.layout.g, &addrs);
+        for (((index, g), pre), again) in batch.iter().zip(prefetched).zip(again) {
+            match again {
+                // A goroutine that is not parked changes all the time: what matters is that the
+                // record still belongs to the same goroutine (g records are reused).
+                Some(again)
+                    if (!g.status.is_parked() && again.goid == g.goid)
+                        || again.park_key() == g.park_key() =>
+                {
+                    out.sudogs.extend(pre.chain.iter().map(|s| s.addr));
+                    let sema_of = |g_addr| self.semtable.sema_of(mem, g_addr);
+                    let described =
+                        describe(self.target, &pre, g, &sema_of, self.now_mono, symbols);
+                    place(*index, described);
+                }
+                Some(again) if again.status == Status::Dead => {}
+                Some(again) => out.changed.push((*index, again)),
+                None => out.moving.push((*index, g.clone())),
+            }
+        }
+    }
+}
+
+fn read_with(target: &Target<'_>, reader: Reader<'_>, now_mono: i64) -> Result<Snapshot, MemError> {
+    let mem = reader.mem();
     let layout = &target.layout;
     let started = std::time::Instant::now();
     let g_addrs = goroutines::read_allgs(mem, target.runtime_addr(target.globals.allgs))?;
-    let (raw_gs, mut unreadable) = goroutines::read_gs(mem, &layout.g, &g_addrs);
-    let t_gs = started.elapsed();
-    let sema_of_g = match (target.globals.semtable, &layout.sema_root) {
-        (Some(table), Some(root)) => {
-            objects::semtable_waiters(mem, target.runtime_addr(table), root, &layout.sudog)
-        }
-        _ => HashMap::new(),
+    let context = Context {
+        target,
+        semtable: Semtable {
+            target,
+            waiters: OnceLock::new(),
+        },
+        now_mono,
     };
-
-    let t_semtable = started.elapsed();
-    let mut symbols = stack::Symbolizer::new(
-        &target.binary.pclntab,
-        target.load_bias,
-        target.wrapper_func_id,
-    );
-    // One slot per g record, in allgs order: the goroutine as confirmed (or given up on), and
-    // the sudogs of its waiting chain.
-    let mut slots: Vec<Option<(Described, Vec<u64>)>> = Vec::new();
-    slots.resize_with(raw_gs.len(), || None);
-    let mut pending: Vec<(usize, RawG)> = raw_gs
-        .into_iter()
-        .enumerate()
-        .filter(|(_, g)| g.status != Status::Dead)
+    // Each goroutine goes to the slot of its position in allgs (so they come out in that order
+    // whichever thread or attempt confirmed them), with the semaphore of its sync wait.
+    let mut slots: Vec<Option<Goroutine>> = Vec::with_capacity(g_addrs.len());
+    slots.resize_with(g_addrs.len(), || None);
+    let mut semas: Vec<Option<u64>> = vec![None; g_addrs.len()];
+    // The first reading of every goroutine, batch by batch: each batch's g records are read
+    // right before its stacks and its confirming re-read (still in cache by then).
+    let chunks: Vec<&[u64]> = g_addrs.chunks(DESCRIBE_BATCH).collect();
+    type Part<'a> = Option<(&'a mut [Option<Goroutine>], &'a mut [Option<u64>])>;
+    let parts: Vec<Mutex<Part<'_>>> = slots
+        .chunks_mut(DESCRIBE_BATCH)
+        .zip(semas.chunks_mut(DESCRIBE_BATCH))
+        .map(|part| Mutex::new(Some(part)))
         .collect();
-    // Goroutines that kept changing (or whose record became unreadable): the last whole record.
-    let mut moving: Vec<(usize, RawG)> = Vec::new();
-    for _ in 0..CONFIRM_ATTEMPTS {
-        if pending.is_empty() {
+    let mut first: Vec<BatchOut> = reader.run(
+        chunks.len(),
+        || context.symbolizer(),
+        |mem, symbols, n| {
+            let base = n * DESCRIBE_BATCH;
+            let batch = context.read_gs(mem, base, chunks[n]);
+            let (slots, semas) = parts[n]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("each batch is read once");
+            let mut out = BatchOut::default();
+            context.describe_batch(mem, &batch, symbols, &mut out, &mut |index, (g, sema)| {
+                slots[index - base] = Some(g);
+                semas[index - base] = sema;
+            });
+            out
+        },
+    );
+    drop(parts);
+    let t_first = started.elapsed();
+
+    // Goroutines that changed under the reader are read again, up to CONFIRM_ATTEMPTS times in
+    // all; those that kept changing, or whose record became unreadable, are reported from
+    // their last whole record.
+    let mut symbols = context.symbolizer();
+    let mut retried = BatchOut::default();
+    let mut changed: Vec<(usize, RawG)> = Vec::new();
+    for out in &mut first {
+        changed.append(&mut out.changed);
+        retried.moving.append(&mut out.moving);
+        retried.sudogs.append(&mut out.sudogs);
+    }
+    let mut place = |index: usize, (g, sema): Described| {
+        slots[index] = Some(g);
+        semas[index] = sema;
+    };
+    for _ in 1..CONFIRM_ATTEMPTS {
+        if changed.is_empty() {
             break;
         }
-        let mut changed = Vec::new();
-        for batch in pending.chunks(DESCRIBE_BATCH) {
-            let gs: Vec<&RawG> = batch.iter().map(|(_, g)| g).collect();
-            let prefetched = prefetch(target, mem, &gs);
-            let described: Vec<(Described, Vec<u64>)> = gs
-                .iter()
-                .zip(prefetched)
-                .map(|(g, pre)| {
-                    let sudogs = pre.chain.iter().map(|s| s.addr).collect();
-                    (
-                        describe(target, &pre, g, &sema_of_g, now_mono, &mut symbols),
-                        sudogs,
-                    )
-                })
-                .collect();
-            // Confirm the goroutines did not move while we followed their pointers.
-            let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
-            let again = goroutines::reread_gs(mem, &layout.g, &addrs);
-            for (((index, current), described), again) in batch.iter().zip(described).zip(again) {
-                match again {
-                    // A goroutine that is not parked changes all the time: what matters is that
-                    // the record still belongs to the same goroutine (g records are reused).
-                    Some(again) if !current.status.is_parked() && again.goid == current.goid => {
-                        slots[*index] = Some(described);
-                    }
-                    Some(again) if again.park_key() == current.park_key() => {
-                        slots[*index] = Some(described);
-                    }
-                    Some(again) if again.status == Status::Dead => {}
-                    Some(again) => changed.push((*index, again)),
-                    None => moving.push((*index, current.clone())),
-                }
-            }
+        for batch in std::mem::take(&mut changed).chunks(DESCRIBE_BATCH) {
+            context.describe_batch(mem, batch, &mut symbols, &mut retried, &mut place);
         }
-        pending = changed;
+        changed.append(&mut retried.changed);
     }
-    moving.extend(pending);
-    let t_goroutines = started.elapsed();
+    let mut moving = retried.moving;
+    moving.append(&mut changed);
     let skipped_unstable = moving.len();
     for (index, current) in moving {
         // It kept moving (a busy goroutine parks and wakes thousands of times a second): report
         // what one whole record says, without the stack and objects we could not confirm.
-        let (mut g, _, _) = describe(
+        let (mut g, _) = describe(
             target,
             &Prefetched::default(),
             &current,
-            &sema_of_g,
+            &|_| None,
             now_mono,
             &mut symbols,
         );
         g.stack.clear();
         g.blocked_on.clear();
         g.unstable = true;
-        slots[index] = Some(((g, Vec::new(), None), Vec::new()));
+        place(index, (g, None));
     }
+    let queued_sudogs = retried.sudogs;
 
-    let mut goroutines_out = Vec::new();
-    let mut channels: BTreeMap<u64, Vec<(u64, Op)>> = BTreeMap::new();
+    let mut channels: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     let mut sync_objects: BTreeMap<u64, (ObjectKind, u64, Vec<u64>)> = BTreeMap::new();
-    let mut queued_sudogs = Vec::new();
-    for ((g, chan_waits, sync_wait), sudogs) in slots.into_iter().flatten() {
-        for (chan, op) in chan_waits {
-            channels.entry(chan).or_default().push((g.g_addr, op));
+    for (g, sema) in slots.iter().zip(&semas) {
+        let Some(g) = g else { continue };
+        for b in &g.blocked_on {
+            if b.kind == ObjectKind::Chan {
+                channels.entry(b.addr).or_default().push(g.g_addr);
+            } else if let Some(sema) = *sema {
+                let entry = sync_objects
+                    .entry(b.addr)
+                    .or_insert((b.kind, sema, Vec::new()));
+                entry.2.push(g.g_addr);
+            }
         }
-        if let Some((kind, addr, sema)) = sync_wait {
-            let entry = sync_objects.entry(addr).or_insert((kind, sema, Vec::new()));
-            entry.2.push(g.g_addr);
-        }
-        queued_sudogs.extend(sudogs);
-        goroutines_out.push(g);
     }
-    unreadable.clear();
+    // Collected in place (`filter_map` reuses the allocation, `flatten` would not): no second
+    // copy of a hundred thousand goroutines.
+    #[allow(clippy::filter_map_identity)]
+    let mut goroutines_out: Vec<Goroutine> = slots.into_iter().filter_map(|g| g).collect();
+    let t_goroutines = started.elapsed();
 
     // The channels' wait queues link the sudogs we just saw in the goroutines' waiting chains:
-    // read them again in one batch, so a long queue is not walked one read at a time.
-    let fresh: AddrMap<u64, RawSudog> = goroutines::read_sudogs(mem, &layout.sudog, &queued_sudogs)
-        .into_iter()
-        .flatten()
-        .map(|s| (s.addr, s))
-        .collect();
+    // read them again in batches, so a long queue is not walked one read at a time.
+    let sudog_chunks: Vec<&[u64]> = queued_sudogs.chunks(SUDOG_BATCH).collect();
+    let fresh_sudogs = reader.run(
+        sudog_chunks.len(),
+        || (),
+        |mem, _, n| goroutines::read_sudogs(mem, &layout.sudog, sudog_chunks[n]),
+    );
+    // By address: where it is in `fresh_sudogs`.
+    let mut fresh_at: AddrMap<u64, u32> =
+        AddrMap::with_capacity_and_hasher(queued_sudogs.len(), Default::default());
+    fresh_at.extend(
+        queued_sudogs
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (a, i as u32)),
+    );
+    let fresh = |addr: u64| -> Option<RawSudog> {
+        let i = *fresh_at.get(&addr)? as usize;
+        fresh_sudogs[i / SUDOG_BATCH][i % SUDOG_BATCH]
+    };
+    let t_sudogs = started.elapsed();
 
     let goid_of: AddrMap<u64, i64> = goroutines_out.iter().map(|g| (g.g_addr, g.goid)).collect();
-    let goids = |addrs: &mut dyn Iterator<Item = u64>| -> Vec<i64> {
-        let mut v: Vec<i64> = addrs.filter_map(|a| goid_of.get(&a).copied()).collect();
+    let goids = |addrs: &mut dyn ExactSizeIterator<Item = u64>| -> Vec<i64> {
+        let mut v: Vec<i64> = Vec::with_capacity(addrs.len());
+        v.extend(addrs.filter_map(|a| goid_of.get(&a).copied()));
         v.sort_unstable();
         v.dedup();
         v
@@ -214,7 +412,7 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
             object.receivers = goids(&mut raw.recv_waiters.iter().map(|(g, _)| *g));
         }
         // Waiters whose queue entry we did not see (the queue moved) still wait here.
-        object.waiters = goids(&mut waiters.iter().map(|(g, _)| *g));
+        object.waiters = goids(&mut waiters.iter().copied());
         objects_out.push(object);
     }
     for (addr, (kind, sema, waiters)) in &sync_objects {
@@ -223,7 +421,6 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
         object.waiters = goids(&mut waiters.iter().copied());
         objects_out.push(object);
     }
-
     // A select case's direction is known once we saw which queue holds the goroutine.
     let object_at: AddrMap<u64, usize> = objects_out
         .iter()
@@ -248,8 +445,9 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
 
     let edges = model::derive_edges(&goroutines_out, &objects_out);
     tracing::debug!(
-        "snapshot read: {} g records in {t_gs:.1?}, semtable by {t_semtable:.1?}, goroutines \
-         described and confirmed by {t_goroutines:.1?}, objects and edges by {:.1?}",
+        "snapshot read: {} g records read, described and confirmed by {t_first:.1?} (the \
+         first time), in order by {t_goroutines:.1?}, queued sudogs by {t_sudogs:.1?}, objects \
+         and edges by {:.1?}",
         g_addrs.len(),
         started.elapsed()
     );
@@ -265,10 +463,13 @@ pub fn read(target: &Target<'_>, mem: &dyn Memory, now_mono: i64) -> Result<Snap
     })
 }
 
-type Described = (Goroutine, Vec<(u64, Op)>, Option<(ObjectKind, u64, u64)>);
+/// A goroutine, and the semaphore it sleeps on when it waits on a sync object.
+type Described = (Goroutine, Option<u64>);
 
 /// Goroutines described per batch: their stacks and waiting chains are read in batched reads.
 const DESCRIBE_BATCH: usize = 4096;
+/// Queued sudogs re-read per batch.
+const SUDOG_BATCH: usize = 16384;
 
 /// What [`describe`] needs from the target's memory besides the g record, read for a whole batch
 /// of goroutines at once.
@@ -305,7 +506,7 @@ fn describe(
     target: &Target<'_>,
     pre: &Prefetched,
     g: &RawG,
-    sema_of_g: &HashMap<u64, u64>,
+    sema_of_g: &dyn Fn(u64) -> Option<u64>,
     now_mono: i64,
     symbols: &mut stack::Symbolizer<'_, '_>,
 ) -> Described {
@@ -330,13 +531,11 @@ fn describe(
     };
 
     let mut blocked_on = Vec::new();
-    let mut chan_waits = Vec::new();
-    let mut sync_wait = None;
+    let mut sync_sema = None;
     if let Some(reason) = wait_reason.as_deref() {
         if let Some(op) = objects::channel_op(reason) {
             for sudog in &pre.chain {
                 if sudog.c != 0 {
-                    chan_waits.push((sudog.c, op));
                     blocked_on.push(BlockedOn {
                         kind: ObjectKind::Chan,
                         addr: sudog.c,
@@ -352,14 +551,14 @@ fn describe(
                 .first()
                 .map(|s| s.elem)
                 .filter(|&e| e != 0)
-                .or_else(|| sema_of_g.get(&g.addr).copied());
+                .or_else(|| sema_of_g(g.addr));
             let functions: Vec<&str> = stack.iter().map(|f| f.function.as_str()).collect();
             if let Some(sema) = sema
                 && let Some((kind, addr, op)) =
                     objects::classify_sync_wait(reason, &functions, sema)
             {
                 blocked_on.push(BlockedOn { kind, addr, op });
-                sync_wait = Some((kind, addr, sema));
+                sync_sema = Some(sema);
             }
         }
     }
@@ -389,7 +588,7 @@ fn describe(
         unstable: false,
         verdict: None,
     };
-    (goroutine, chan_waits, sync_wait)
+    (goroutine, sync_sema)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock Go's nanotime (and so g.waitsince) uses.

@@ -1,10 +1,12 @@
 //! Frame-pointer unwinding of a parked goroutine from its saved registers, and symbolization of
 //! the program counters through pclntab (with inlined frames).
 
-use crate::gobin::pclntab::Pclntab;
+use std::collections::HashSet;
+
+use crate::gobin::pclntab::{Pclntab, SourceLine};
 use crate::goruntime::goroutines::{AddrMap, RawG};
-use crate::model::{Frame, Location};
-use crate::remote::memory::Memory;
+use crate::model::{Frame, Location, SharedStr};
+use crate::remote::memory::{self, Memory};
 
 pub const MAX_FRAMES: usize = 256;
 /// We read at most this much of a stack in one go; deeper frames are read word by word.
@@ -47,7 +49,7 @@ pub fn unwind_many(mem: &dyn Memory, gs: &[&RawG]) -> Vec<Vec<u64>> {
             end += 1;
         }
         let batch = &gs[start..end];
-        let mut buffer = vec![0u8; bytes as usize];
+        let mut buffer = memory::scratch_buffer(bytes as usize);
         let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(batch.len());
         let mut rest = buffer.as_mut_slice();
         for g in batch {
@@ -66,6 +68,7 @@ pub fn unwind_many(mem: &dyn Memory, gs: &[&RawG]) -> Vec<Vec<u64>> {
             offset += len;
             out.push(unwind_in(mem, g, window));
         }
+        memory::give_back(buffer);
         start = end;
     }
     out
@@ -120,14 +123,7 @@ pub fn symbolize(
     wrapper_func_id: Option<u8>,
     pcs: &[u64],
 ) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    for (i, &pc) in pcs.iter().enumerate() {
-        let at = frames_at(pclntab, load_bias, wrapper_func_id, pc, i > 0);
-        if push_frames(&mut frames, &at) {
-            break;
-        }
-    }
-    frames
+    Symbolizer::new(pclntab, load_bias, wrapper_func_id).symbolize(pcs)
 }
 
 /// Append the frames of one PC; true when the last one is `runtime.goexit` (the stack's end).
@@ -139,12 +135,36 @@ fn push_frames(frames: &mut Vec<Frame>, at: &[Frame]) -> bool {
             .is_some_and(|f| f.function == "runtime.goexit")
 }
 
+/// One shared copy of each function and file name.
+#[derive(Default)]
+struct Interner(HashSet<SharedStr>);
+
+impl Interner {
+    fn intern(&mut self, s: String) -> SharedStr {
+        if let Some(shared) = self.0.get(s.as_str()) {
+            return shared.clone();
+        }
+        let shared = SharedStr::from(s);
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    fn location(&mut self, line: SourceLine) -> Location {
+        Location {
+            function: self.intern(line.function),
+            file: self.intern(line.file),
+            line: line.line,
+        }
+    }
+}
+
 /// The frames one PC stands for (several when calls were inlined; none for a hidden wrapper).
 /// `is_return` PCs are return addresses, looked up at `pc - 1`.
 fn frames_at(
     pclntab: &Pclntab<'_>,
     load_bias: u64,
     wrapper_func_id: Option<u8>,
+    strings: &mut Interner,
     pc: u64,
     is_return: bool,
 ) -> Vec<Frame> {
@@ -167,8 +187,8 @@ fn frames_at(
     }
     if lines.is_empty() {
         return vec![Frame {
-            function: format!("?{pc:#x}"),
-            file: String::new(),
+            function: format!("?{pc:#x}").into(),
+            file: strings.intern(String::new()),
             line: 0,
             pc,
             inlined: false,
@@ -178,24 +198,31 @@ fn frames_at(
     lines
         .into_iter()
         .enumerate()
-        .map(|(depth, line)| Frame {
-            function: line.function,
-            file: line.file,
-            line: line.line,
-            pc,
-            // The last line of a wrapper's frame was inlined into the (hidden) wrapper.
-            inlined: depth < outermost || is_wrapper,
+        .map(|(depth, line)| {
+            let at = strings.location(line);
+            Frame {
+                function: at.function,
+                file: at.file,
+                line: at.line,
+                pc,
+                // The last line of a wrapper's frame was inlined into the (hidden) wrapper.
+                inlined: depth < outermost || is_wrapper,
+            }
         })
         .collect()
 }
 
 /// [`symbolize`], [`location`] and [`creation_site`] with a per-PC cache, for one snapshot:
-/// a hundred thousand goroutines share a few hundred distinct PCs.
+/// a hundred thousand goroutines share a few hundred distinct PCs, and their frames share one
+/// copy of each name (cloning a frame copies no string).
 pub struct Symbolizer<'a, 'data> {
     pclntab: &'a Pclntab<'data>,
     load_bias: u64,
     wrapper_func_id: Option<u8>,
+    strings: Interner,
     frames: AddrMap<(u64, bool), Vec<Frame>>,
+    /// Whole stacks: goroutines parked at the same place have the same PCs.
+    stacks: AddrMap<Vec<u64>, Vec<Frame>>,
     locations: AddrMap<u64, Option<Location>>,
     creation_sites: AddrMap<u64, Option<Location>>,
 }
@@ -210,13 +237,24 @@ impl<'a, 'data> Symbolizer<'a, 'data> {
             pclntab,
             load_bias,
             wrapper_func_id,
+            strings: Interner::default(),
             frames: AddrMap::default(),
+            stacks: AddrMap::default(),
             locations: AddrMap::default(),
             creation_sites: AddrMap::default(),
         }
     }
 
     pub fn symbolize(&mut self, pcs: &[u64]) -> Vec<Frame> {
+        if let Some(frames) = self.stacks.get(pcs) {
+            return frames.clone();
+        }
+        let frames = self.symbolize_pcs(pcs);
+        self.stacks.insert(pcs.to_vec(), frames.clone());
+        frames
+    }
+
+    fn symbolize_pcs(&mut self, pcs: &[u64]) -> Vec<Frame> {
         let mut frames = Vec::new();
         for (i, &pc) in pcs.iter().enumerate() {
             let at = self.frames.entry((pc, i > 0)).or_insert_with(|| {
@@ -224,6 +262,7 @@ impl<'a, 'data> Symbolizer<'a, 'data> {
                     self.pclntab,
                     self.load_bias,
                     self.wrapper_func_id,
+                    &mut self.strings,
                     pc,
                     i > 0,
                 )
@@ -238,14 +277,18 @@ impl<'a, 'data> Symbolizer<'a, 'data> {
     pub fn location(&mut self, pc: u64) -> Option<Location> {
         self.locations
             .entry(pc)
-            .or_insert_with(|| location(self.pclntab, self.load_bias, pc))
+            .or_insert_with(|| {
+                source_line(self.pclntab, self.load_bias, pc).map(|l| self.strings.location(l))
+            })
             .clone()
     }
 
     pub fn creation_site(&mut self, gopc: u64) -> Option<Location> {
         self.creation_sites
             .entry(gopc)
-            .or_insert_with(|| creation_site(self.pclntab, self.load_bias, gopc))
+            .or_insert_with(|| {
+                creation_line(self.pclntab, self.load_bias, gopc).map(|l| self.strings.location(l))
+            })
             .clone()
     }
 }
@@ -264,30 +307,28 @@ pub fn wrapper_func_id(pclntab: &Pclntab<'_>) -> Option<u8> {
 
 /// The function, file and line of one PC (a function entry, or `gopc - 1` for "created by").
 pub fn location(pclntab: &Pclntab<'_>, load_bias: u64, pc: u64) -> Option<Location> {
+    source_line(pclntab, load_bias, pc).map(|l| Interner::default().location(l))
+}
+
+fn source_line(pclntab: &Pclntab<'_>, load_bias: u64, pc: u64) -> Option<SourceLine> {
     if pc == 0 {
         return None;
     }
-    let line = pclntab.source_line(pc.wrapping_sub(load_bias))?;
-    Some(Location {
-        function: line.function,
-        file: line.file,
-        line: line.line,
-    })
+    pclntab.source_line(pc.wrapping_sub(load_bias))
 }
 
 /// `gopc` is the return address after the `go` statement's call: its line is at `gopc - 1`,
 /// reported through inlining like the runtime's own "created by".
 pub fn creation_site(pclntab: &Pclntab<'_>, load_bias: u64, gopc: u64) -> Option<Location> {
+    creation_line(pclntab, load_bias, gopc).map(|l| Interner::default().location(l))
+}
+
+fn creation_line(pclntab: &Pclntab<'_>, load_bias: u64, gopc: u64) -> Option<SourceLine> {
     if gopc == 0 {
         return None;
     }
     let lines = pclntab.frames(gopc.wrapping_sub(load_bias).wrapping_sub(1));
-    let line = lines.into_iter().next()?;
-    Some(Location {
-        function: line.function,
-        file: line.file,
-        line: line.line,
-    })
+    lines.into_iter().next()
 }
 
 #[cfg(test)]

@@ -2,6 +2,11 @@
 //! between them. The snapshot builds it from memory, the event pipeline will update it, and
 //! analysis and outputs only read it.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
 use serde::Serialize;
 
 /// Goroutine scheduling state (`g.atomicstatus` with the GC's scan bit masked off).
@@ -58,18 +63,128 @@ impl Status {
     }
 }
 
+/// An immutable, cheaply cloned string: function and file names, which a hundred thousand
+/// goroutines share. One pointer wide (frames stay small); serializes, compares, hashes and
+/// orders as the `str` it holds.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SharedStr(Arc<Box<str>>);
+
+impl SharedStr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for SharedStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Serialize for SharedStr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> SharedStr {
+        SharedStr(Arc::new(s.into()))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> SharedStr {
+        SharedStr(Arc::new(s.into_boxed_str()))
+    }
+}
+
+impl From<&String> for SharedStr {
+    fn from(s: &String) -> SharedStr {
+        SharedStr::from(s.as_str())
+    }
+}
+
+impl From<SharedStr> for String {
+    fn from(s: SharedStr) -> String {
+        s.as_str().to_string()
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<SharedStr> for str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<SharedStr> for &str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<SharedStr> for String {
+    fn eq(&self, other: &SharedStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// A source position: function, file, line.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 pub struct Location {
-    pub function: String,
-    pub file: String,
+    pub function: SharedStr,
+    pub file: SharedStr,
     pub line: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Frame {
-    pub function: String,
-    pub file: String,
+    pub function: SharedStr,
+    pub file: SharedStr,
     pub line: u32,
     /// Run-time program counter (the call site for return addresses).
     #[serde(serialize_with = "hex")]
@@ -253,7 +368,18 @@ pub fn opt_hex<S: serde::Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok,
 
 /// Derive the wait-for edges from goroutines and objects.
 pub fn derive_edges(goroutines: &[Goroutine], objects: &[Object]) -> Vec<Edge> {
-    let mut edges = Vec::new();
+    let count = goroutines
+        .iter()
+        .map(|g| g.blocked_on.len() + usize::from(g.parent_goid.is_some_and(|p| p != 0)))
+        .sum::<usize>()
+        .saturating_add(
+            objects
+                .iter()
+                .map(|o| o.senders.len().saturating_mul(o.receivers.len()))
+                .fold(0usize, |a, n| a.saturating_add(n.saturating_mul(2))),
+        );
+    // An upper bound (a goroutine on both sides of a channel gets no edge to itself).
+    let mut edges = Vec::with_capacity(count.min(1 << 22));
     for g in goroutines {
         for b in &g.blocked_on {
             edges.push(Edge::WaitsOn {
@@ -296,6 +422,26 @@ pub fn derive_edges(goroutines: &[Goroutine], objects: &[Object]) -> Vec<Edge> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_strings_behave_like_strings() {
+        let a = SharedStr::from("main.worker");
+        let b = SharedStr::from(String::from("main.worker"));
+        assert_eq!(a, b);
+        assert!(a == "main.worker" && "main.worker" == a && a == *"main.worker");
+        assert_eq!(String::from(a.clone()), "main.worker");
+        let (x, y) = (SharedStr::from("main.a"), SharedStr::from("main.b"));
+        assert!(x < y && y.cmp(&x).is_gt());
+        let set: std::collections::HashSet<SharedStr> = [a.clone()].into();
+        assert!(set.contains("main.worker"));
+        assert_eq!(serde_json::to_string(&a).unwrap(), "\"main.worker\"");
+        assert_eq!(format!("{a} {a:?}"), "main.worker \"main.worker\"");
+        // One pointer: frames stay small.
+        assert_eq!(
+            std::mem::size_of::<SharedStr>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn status_masks_the_gc_scan_bit() {

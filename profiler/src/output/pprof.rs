@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use crate::model::Snapshot;
+use crate::model::{SharedStr, Snapshot};
 use crate::output::group;
 
 /// Minimal protobuf writer: just the wire types profile.proto uses.
@@ -81,8 +81,8 @@ pub fn render(snapshot: &Snapshot) -> Vec<u8> {
     vt.int(2, strings.id("count"));
     profile.bytes(1, &vt.0);
 
-    let mut functions: HashMap<(String, String), u64> = HashMap::new();
-    let mut locations: HashMap<(String, String, u32), u64> = HashMap::new();
+    let mut functions: HashMap<(SharedStr, SharedStr), u64> = HashMap::new();
+    let mut locations: HashMap<(SharedStr, SharedStr, u32), u64> = HashMap::new();
     let mut function_msgs = Vec::new();
     let mut location_msgs = Vec::new();
 

@@ -117,16 +117,18 @@ pub fn render(snapshot: &Snapshot, show_system: bool) -> String {
 }
 
 fn list(goids: &[i64], me: i64) -> String {
-    let others: Vec<String> = goids
-        .iter()
-        .filter(|&&g| g != me)
-        .map(i64::to_string)
-        .collect();
-    if others.is_empty() {
-        "none".into()
-    } else {
-        others.join(",")
+    // Comma-separated, written straight into one string: a channel can have 100k waiters.
+    let mut out = String::new();
+    for g in goids.iter().filter(|&&g| g != me) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "{g}");
     }
+    if out.is_empty() {
+        out.push_str("none");
+    }
+    out
 }
 
 fn describe_object(o: &Object, me: i64) -> String {

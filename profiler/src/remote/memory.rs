@@ -4,6 +4,7 @@
 //! The target keeps running while we read, so every reader above this layer must treat what it
 //! gets as possibly torn: validate, bound loops, retry.
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -57,6 +58,37 @@ pub trait Memory {
 
 /// Bounds a single read so a corrupt length read from the target can't make us allocate GBs.
 pub const MAX_SINGLE_READ: usize = 64 << 20;
+
+thread_local! {
+    /// Buffers the batched readers gave back, for their next batch on this thread.
+    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` bytes for a batch of reads, reusing one given back on this thread when
+/// there is one: batches need a few MiB each, and fresh pages cost a page fault per 4 KiB. Its
+/// contents are unspecified (whatever an earlier batch left): read into it before looking.
+pub fn scratch_buffer(len: usize) -> Vec<u8> {
+    let mut buf = SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
+    }
+    buf
+}
+
+/// Give a [`scratch_buffer`] back for the next batch.
+pub fn give_back(buf: Vec<u8>) {
+    const KEEP_BUFFERS: usize = 4;
+    if buf.capacity() <= MAX_SINGLE_READ {
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEEP_BUFFERS {
+                s.push(buf);
+            }
+        });
+    }
+}
 
 /// Memory of a live process.
 pub struct ProcessMemory {
@@ -152,92 +184,82 @@ impl Memory for ProcessMemory {
 
     fn read_many(&self, requests: &mut [(u64, &mut [u8])]) -> Vec<Result<(), MemError>> {
         // Requests that lie next to each other (g records of one span, sudogs of one page) are
-        // read as one range: the kernel then pins each page once per range instead of once per
-        // request, which is most of the cost of small reads.
-        let mut order: Vec<usize> = (0..requests.len()).collect();
+        // read as one remote range: the kernel then pins each page once per range instead of
+        // once per request, which is most of the cost of small reads. The range is scattered
+        // straight into the requests' buffers (the bytes between them into a scratch buffer),
+        // so nothing is copied twice.
+        let mut results: Vec<Result<(), MemError>> = vec![Ok(()); requests.len()];
+        let mut order: Vec<usize> = Vec::with_capacity(requests.len());
+        for (i, (addr, buf)) in requests.iter().enumerate() {
+            if addr.checked_add(buf.len() as u64).is_none() {
+                results[i] = Err(MemError::Unmapped {
+                    addr: *addr,
+                    len: buf.len(),
+                });
+            } else if !buf.is_empty() {
+                order.push(i);
+            }
+        }
         order.sort_unstable_by_key(|&i| requests[i].0);
-        // (start, end, members as a range of `order`)
-        let mut ranges: Vec<(u64, u64, usize, usize)> = Vec::new();
+        let mut ranges: Vec<Range> = Vec::new();
         for (k, &i) in order.iter().enumerate() {
             let addr = requests[i].0;
-            let end = addr.saturating_add(requests[i].1.len() as u64);
+            let end = addr + requests[i].1.len() as u64;
             match ranges.last_mut() {
                 Some(last)
-                    if addr <= last.1.saturating_add(COALESCE_GAP)
-                        && end.max(last.1) - last.0 <= COALESCE_MAX =>
+                    if addr >= last.end
+                        && addr - last.end <= COALESCE_GAP
+                        && end - last.start <= COALESCE_MAX
+                        && last.members.len() < RANGE_MEMBERS =>
                 {
-                    last.1 = last.1.max(end);
-                    last.3 = k + 1;
+                    last.end = end;
+                    last.members.end = k + 1;
                 }
-                _ => ranges.push((addr, end, k, k + 1)),
+                _ => ranges.push(Range {
+                    start: addr,
+                    end,
+                    members: k..k + 1,
+                }),
             }
         }
-        if ranges.len() == requests.len() {
-            return self.read_batched(requests);
-        }
-        let total: usize = ranges.iter().map(|r| (r.1 - r.0) as usize).sum();
-        let mut buffer = vec![0u8; total];
-        let mut range_requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(ranges.len());
-        let mut rest = buffer.as_mut_slice();
-        for r in &ranges {
-            let (head, tail) = rest.split_at_mut((r.1 - r.0) as usize);
-            range_requests.push((r.0, head));
-            rest = tail;
-        }
-        let range_results = self.read_batched(&mut range_requests);
-        drop(range_requests);
-        let mut results: Vec<Result<(), MemError>> = vec![Ok(()); requests.len()];
-        let mut offset = 0usize;
-        for (r, result) in ranges.iter().zip(range_results) {
-            let range = &buffer[offset..offset + (r.1 - r.0) as usize];
-            offset += range.len();
-            for &i in &order[r.2..r.3] {
-                let (addr, buf) = &mut requests[i];
-                if result.is_ok() {
-                    let from = (*addr - r.0) as usize;
-                    buf.copy_from_slice(&range[from..from + buf.len()]);
-                } else {
-                    // Part of the range is unreadable: find out which requests are.
-                    results[i] = self.read(*addr, buf);
-                }
-            }
-        }
-        results
-    }
-}
-
-/// Requests at most this far apart are read as one range (the bytes between are read too).
-const COALESCE_GAP: u64 = 256;
-/// A coalesced range never grows beyond this.
-const COALESCE_MAX: u64 = 1 << 20;
-
-impl ProcessMemory {
-    /// Requests as they are, up to IOV_MAX per syscall.
-    fn read_batched(&self, requests: &mut [(u64, &mut [u8])]) -> Vec<Result<(), MemError>> {
-        // One syscall for up to IOV_MAX requests. The kernel stops at the first request it cannot
-        // read whole: those before it succeeded, that one is read alone (to learn its error),
-        // and the batch resumes after it.
-        const IOV_MAX: usize = 1024;
-        let mut results: Vec<Result<(), MemError>> = Vec::with_capacity(requests.len());
+        let mut gap = [0u8; COALESCE_GAP as usize];
+        let gap_ptr: *mut libc::c_void = gap.as_mut_ptr().cast();
         let mut locals: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
         let mut remotes: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX);
-        let mut start = 0;
-        while start < requests.len() {
-            let end = (start + IOV_MAX).min(requests.len());
-            let chunk = &mut requests[start..end];
+        let mut next = 0;
+        while next < ranges.len() {
+            // One syscall for as many whole ranges as the iovec limits allow.
             locals.clear();
             remotes.clear();
-            for (addr, buf) in chunk.iter_mut() {
-                locals.push(libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
-                });
+            let mut end = next;
+            while end < ranges.len() && remotes.len() < IOV_MAX {
+                let r = &ranges[end];
+                if !locals.is_empty() && locals.len() + 2 * r.members.len() > IOV_MAX {
+                    break;
+                }
+                let mut at = r.start;
+                for &i in &order[r.members.clone()] {
+                    let (addr, buf) = &mut requests[i];
+                    if *addr > at {
+                        locals.push(libc::iovec {
+                            iov_base: gap_ptr,
+                            iov_len: (*addr - at) as usize,
+                        });
+                    }
+                    locals.push(libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len(),
+                    });
+                    at = *addr + buf.len() as u64;
+                }
                 remotes.push(libc::iovec {
-                    iov_base: *addr as *mut libc::c_void,
-                    iov_len: buf.len(),
+                    iov_base: r.start as *mut libc::c_void,
+                    iov_len: (r.end - r.start) as usize,
                 });
+                end += 1;
             }
-            // SAFETY: each local iovec describes one caller-owned mutable buffer.
+            // SAFETY: each local iovec describes either one caller-owned mutable buffer or part
+            // of `gap`, which we own and never read; both outlive the call.
             let n = unsafe {
                 libc::process_vm_readv(
                     self.pid as i32,
@@ -248,35 +270,44 @@ impl ProcessMemory {
                     0,
                 )
             };
-            if n < 0 {
-                // The whole call failed (gone, no permission, not allowed): one read each tells
-                // each request's own error (and falls back to /proc/PID/mem where needed).
-                for (addr, buf) in chunk.iter_mut() {
-                    results.push(self.read(*addr, buf));
-                }
-                start += chunk.len();
-                continue;
-            }
-            let mut left = n as usize;
-            let mut done = 0;
-            for (_, buf) in chunk.iter() {
-                if left < buf.len() {
-                    break;
-                }
-                left -= buf.len();
+            // The kernel stops at the first range it cannot read whole: those before it
+            // succeeded; that one's requests are read alone (to learn which fail, and why, with
+            // the /proc/PID/mem fallback where the syscall is refused), and the batch resumes
+            // after it. When the whole call failed, every request is read alone.
+            let mut left = if n < 0 { 0 } else { n as u64 };
+            let mut done = next;
+            while done < end && left >= ranges[done].end - ranges[done].start {
+                left -= ranges[done].end - ranges[done].start;
                 done += 1;
             }
-            results.extend((0..done).map(|_| Ok(())));
-            if done < chunk.len() {
-                let (addr, buf) = &mut chunk[done];
-                results.push(self.read(*addr, buf));
-                done += 1;
+            let retry_until = if n < 0 { end } else { (done + 1).min(end) };
+            for r in &ranges[done..retry_until] {
+                for &i in &order[r.members.clone()] {
+                    let (addr, buf) = &mut requests[i];
+                    results[i] = self.read(*addr, buf);
+                }
             }
-            start += done;
+            next = retry_until;
         }
         results
     }
 }
+
+/// Requests read as one remote range: `members` index the address-sorted request order.
+struct Range {
+    start: u64,
+    end: u64,
+    members: std::ops::Range<usize>,
+}
+
+/// iovecs per process_vm_readv call, on each side.
+const IOV_MAX: usize = 1024;
+/// Requests at most this far apart are read as one range (the bytes between are read too).
+const COALESCE_GAP: u64 = 256;
+/// A coalesced range never grows beyond this.
+const COALESCE_MAX: u64 = 1 << 20;
+/// Requests in one range (each takes up to two local iovecs: the gap before it and its buffer).
+const RANGE_MEMBERS: usize = IOV_MAX / 2;
 
 /// Memory recorded as (address, bytes) regions: for unit tests of everything above `remote`.
 #[derive(Default, Clone)]
@@ -385,6 +416,58 @@ mod tests {
         assert_eq!(b[0], (4000 % 256) as u8);
         // SAFETY: the first page is still ours.
         unsafe { libc::munmap(base, page) };
+    }
+
+    #[test]
+    fn scattered_reads_match_one_by_one() {
+        // Many small requests in one block (more than fit one range or one syscall), with gaps,
+        // duplicates and overlaps, in no order, plus a few that cannot be read: each gets its
+        // own bytes and its own result, as if read alone.
+        let block: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let base = block.as_ptr() as u64;
+        let mut specs: Vec<(u64, usize)> = Vec::new();
+        for i in 0..3000u64 {
+            let offset = (i * 7919) % 60_000;
+            let len = 1 + (i as usize * 13) % 40;
+            specs.push((base + offset, len));
+        }
+        specs.push((base + 100, 16));
+        specs.push((base + 100, 16));
+        specs.push((base + 104, 4));
+        specs.push((8, 8)); // unmapped
+        specs.push((u64::MAX - 3, 8)); // wraps around
+        specs.push((base + 200, 0));
+        let mem = ProcessMemory::new(std::process::id());
+        let mut bufs: Vec<Vec<u8>> = specs.iter().map(|&(_, len)| vec![0xAA; len]).collect();
+        let mut requests: Vec<(u64, &mut [u8])> = specs
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&(addr, _), buf)| (addr, buf.as_mut_slice()))
+            .collect();
+        let results = mem.read_many(&mut requests);
+        drop(requests);
+        for ((&(addr, len), buf), result) in specs.iter().zip(&bufs).zip(&results) {
+            let mut alone = vec![0u8; len];
+            let expected = mem.read(addr, &mut alone);
+            assert_eq!(result.is_ok(), expected.is_ok(), "{addr:#x}+{len}");
+            if result.is_ok() {
+                assert_eq!(buf, &alone, "{addr:#x}+{len}");
+            }
+        }
+        assert!(results[specs.len() - 3].is_err() && results[specs.len() - 2].is_err());
+        assert!(results[specs.len() - 1].is_ok());
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused_at_the_size_asked() {
+        let a = scratch_buffer(1000);
+        assert_eq!(a.len(), 1000);
+        let ptr = a.as_ptr();
+        give_back(a);
+        let b = scratch_buffer(500);
+        assert_eq!((b.len(), b.as_ptr()), (500, ptr));
+        give_back(b);
+        assert_eq!(scratch_buffer(4000).len(), 4000);
     }
 
     #[test]
