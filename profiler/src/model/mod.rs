@@ -356,14 +356,26 @@ pub struct Snapshot {
 }
 
 pub fn hex<S: serde::Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{value:#x}"))
+    s.serialize_str(hex_digits(*value, &mut [0; 18]))
 }
 
 pub fn opt_hex<S: serde::Serializer>(value: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
     match value {
-        Some(v) => s.serialize_str(&format!("{v:#x}")),
+        Some(v) => s.serialize_str(hex_digits(*v, &mut [0; 18])),
         None => s.serialize_none(),
     }
+}
+
+/// `format!("{value:#x}")` without the allocation (a snapshot writes a few million of them).
+fn hex_digits(value: u64, buf: &mut [u8; 18]) -> &str {
+    let digits = (64 - value.leading_zeros() as usize).div_ceil(4).max(1);
+    buf[0] = b'0';
+    buf[1] = b'x';
+    for i in 0..digits {
+        let nibble = (value >> (4 * (digits - 1 - i))) & 0xf;
+        buf[2 + i] = b"0123456789abcdef"[nibble as usize];
+    }
+    std::str::from_utf8(&buf[..2 + digits]).expect("ASCII")
 }
 
 /// Derive the wait-for edges from goroutines and objects.
@@ -422,6 +434,13 @@ pub fn derive_edges(goroutines: &[Goroutine], objects: &[Object]) -> Vec<Edge> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_match_format() {
+        for v in [0, 1, 0xf, 0x10, 0x00c0_0001_0020, u64::MAX, 1 << 63] {
+            assert_eq!(hex_digits(v, &mut [0; 18]), format!("{v:#x}"));
+        }
+    }
 
     #[test]
     fn shared_strings_behave_like_strings() {
