@@ -76,7 +76,8 @@ pub fn run(what: &str) -> anyhow::Result<()> {
         "probes" => probes(),
         "contention" => crate::bench_contention::run(),
         "snapshot" => crate::bench_snapshot::run(),
-        other => bail!("unknown benchmark {other:?} (known: probes, contention, snapshot)"),
+        "leaks" => crate::bench_leaks::run(),
+        other => bail!("unknown benchmark {other:?} (known: probes, contention, snapshot, leaks)"),
     }
 }
 

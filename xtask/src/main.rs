@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_contention;
+mod bench_leaks;
 mod bench_snapshot;
 mod cmd;
 mod demo;
@@ -42,7 +43,8 @@ enum Task {
     /// Set up, build, start the bundled demo Go service and run parkscope against it.
     Demo,
     /// Measure overhead: each probe group (`probes`), contention profiling against Go's own
-    /// (`contention`), snapshots (`snapshot`); results in target/bench.
+    /// (`contention`), snapshots (`snapshot`); leak verdicts against Go's goroutineleak profile
+    /// and scan cost on a 1 GiB heap (`leaks`); results in target/bench.
     Bench { what: String },
     /// Build one statically linked parkscope binary (eBPF object embedded) into target/dist.
     Dist,
