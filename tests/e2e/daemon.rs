@@ -307,6 +307,15 @@ fn daemon_probes_serve_wait_histograms_and_detach_on_exit() {
         "{metrics}"
     );
     assert!(metric(&metrics, "parkscope_probe_events_total", &[&pid_label]).unwrap() > 0.0);
+    daemon.wait_until("the locks group's hits are counted", |d| {
+        let (_, metrics) = d.get("/metrics");
+        metric(
+            &metrics,
+            "parkscope_probe_hits_total",
+            &[&pid_label, "group=\"locks\""],
+        )
+        .is_some_and(|hits| hits > 0.0)
+    });
     for group in ["locks", "park"] {
         assert!(
             metric(

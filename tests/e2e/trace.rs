@@ -353,10 +353,12 @@ fn lock_scene_reports_the_mutex_rwmutex_wakers_and_select_cases() {
 fn start_checksum(
     binary: &FixtureBinary,
 ) -> (Child, PathBuf, std::thread::JoinHandle<Vec<String>>) {
+    // Private to this run: the fixture exits when "stop" appears in it.
     let out_dir = std::env::temp_dir().join(format!(
-        "parkscope-e2e-checksum-{}-{}",
+        "parkscope-e2e-checksum-{}-{}-{}",
         std::process::id(),
-        binary.release
+        binary.release,
+        parkscope_e2e::unique()
     ));
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();

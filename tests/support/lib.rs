@@ -166,7 +166,8 @@ impl Drop for RunningFixture {
     }
 }
 
-fn unique() -> u64 {
+/// A number no other call in this test process gets (for private temporary directories).
+pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)

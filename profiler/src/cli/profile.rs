@@ -94,7 +94,7 @@ pub fn account(acc: &mut Accountant, item: &Output<'_>, quiet: bool) {
                 None => {}
             }
         }
-        Output::Event(_) | Output::Tick { .. } => {}
+        Output::Event(_) | Output::Tick { .. } | Output::Hits(_) => {}
     }
 }
 

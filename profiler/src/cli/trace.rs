@@ -121,7 +121,7 @@ pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
                     out.flush()
                 }
             }
-            Output::Raw { .. } | Output::Tick { .. } => Ok(()),
+            Output::Raw { .. } | Output::Tick { .. } | Output::Hits(_) => Ok(()),
         };
         // A closed pipe (e.g. `| head`) ends the output, not the session's cleanup.
         if result.is_err() {

@@ -24,6 +24,7 @@ pub struct Metrics {
     scans: IntCounterVec,
     series_dropped: IntCounterVec,
     probe_events: IntCounterVec,
+    probe_hits: IntCounterVec,
     probe_lost: IntCounterVec,
     governor_detaches: IntCounterVec,
     probe_group_attached: IntGaugeVec,
@@ -130,6 +131,12 @@ impl Metrics {
             "Events the probes delivered (with --probes).",
             &["pid", "executable"],
         );
+        let probe_hits = counter_vec(
+            &registry,
+            "parkscope_probe_hits_total",
+            "Uprobe hits per probe group (with --probes): each one costs the target a trap.",
+            &["pid", "executable", "group"],
+        );
         let probe_lost = counter_vec(
             &registry,
             "parkscope_probe_events_lost_total",
@@ -151,6 +158,7 @@ impl Metrics {
         Metrics {
             registry,
             probe_events,
+            probe_hits,
             probe_lost,
             governor_detaches,
             probe_group_attached,
@@ -181,6 +189,7 @@ impl Metrics {
         self.deadlocked.reset();
         self.suspect.reset();
         self.probe_events.reset();
+        self.probe_hits.reset();
         self.probe_lost.reset();
         self.governor_detaches.reset();
         self.probe_group_attached.reset();
@@ -254,6 +263,9 @@ impl Metrics {
                     .with_label_values(&[pid.as_str(), exe])
                     .inc_by(stats.lost);
                 for group in &stats.groups {
+                    self.probe_hits
+                        .with_label_values(&[pid.as_str(), exe, group])
+                        .inc_by(stats.hits.get(group).copied().unwrap_or(0));
                     self.governor_detaches
                         .with_label_values(&[pid.as_str(), exe, group])
                         .inc_by(stats.detaches.get(group).copied().unwrap_or(0));

@@ -48,6 +48,8 @@ pub struct ProbeStats {
     pub waits: BTreeMap<(&'static str, String), WaitHistogram>,
     pub events: u64,
     pub lost: u64,
+    /// Probe hits per group so far (every hit costs the target, event or not).
+    pub hits: BTreeMap<&'static str, u64>,
     pub detaches: BTreeMap<&'static str, u64>,
     pub detached_now: BTreeSet<&'static str>,
     pub groups: Vec<&'static str>,
@@ -139,6 +141,12 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
                             .or_default()
                             .observe(w.delay_ns);
                     }
+                }
+            }
+            Output::Hits(per_group) => {
+                let mut s = stats.lock().unwrap();
+                for (group, n) in per_group.iter() {
+                    s.hits.insert(group.name(), *n);
                 }
             }
             Output::Event(_) => {}

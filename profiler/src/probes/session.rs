@@ -102,6 +102,8 @@ pub enum Output<'a> {
     Tick {
         ts_ns: u64,
     },
+    /// Every governor period: hits so far per probe group (cumulative since attach).
+    Hits(&'a BTreeMap<ProbeGroup, u64>),
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -316,6 +318,19 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                         last_drops = drops;
                     }
                     let loads = measure(&probes, &mut meter, &hit_cost, &mut stats);
+                    let hits = probes.hits();
+                    let per_group: BTreeMap<ProbeGroup, u64> = stats
+                        .keys()
+                        .map(|g| {
+                            let n = probes
+                                .plan()
+                                .programs_of(*g)
+                                .map(|p| hits[p.spec.slot as usize])
+                                .sum();
+                            (*g, n)
+                        })
+                        .collect();
+                    sink(Output::Hits(&per_group));
                     for action in governor.tick(Instant::now(), &loads) {
                         match &action {
                             Action::Detach { group, hits_per_s, cost, budget, backoff_s } => {
