@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 
-use crate::goruntime::heap::{Heap, HeapObject};
+use crate::goruntime::heap::{AddrMap, AddrSet, Heap, HeapObject};
 use crate::remote::memory::Memory;
 
 /// Objects read per `read_many` batch.
@@ -38,11 +38,11 @@ pub struct Marker<'h, 'm> {
     mem: &'m dyn Memory,
     pub heap: &'h mut Heap<'m>,
     skip: HashSet<u64>,
-    marked: HashSet<u64>,
+    marked: AddrSet,
     queue: Vec<HeapObject>,
     pub stats: MarkStats,
     /// Why each object was marked: the object (or root, as a label) whose word pointed to it.
-    pub parent: std::collections::HashMap<u64, Origin>,
+    pub parent: AddrMap<Origin>,
     /// The root being scanned, for `parent`.
     pub root: &'static str,
     pub root_id: i64,
@@ -64,10 +64,10 @@ impl<'h, 'm> Marker<'h, 'm> {
             mem,
             heap,
             skip,
-            marked: HashSet::new(),
+            marked: AddrSet::default(),
             queue: Vec::new(),
             stats: MarkStats::default(),
-            parent: std::collections::HashMap::new(),
+            parent: AddrMap::default(),
             root: "globals",
             root_id: 0,
             current: None,

@@ -37,8 +37,9 @@ pub struct LeaksArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub interval_ms: u64,
     /// Stop every thread of the target for one consistent scan instead of comparing two scans
-    /// of the running process. The pause (typically tens of milliseconds, the scan's duration)
-    /// is reported; if parkscope dies meanwhile the kernel resumes the target.
+    /// of the running process. The pause lasts the whole scan and is reported: tens of
+    /// milliseconds for small heaps, but it grows with the live heap (tens of seconds at
+    /// 1 GiB on a 2-core VM). If parkscope dies meanwhile the kernel resumes the target.
     #[arg(long, conflicts_with_all = ["scans", "interval_ms"])]
     pub freeze: bool,
     #[command(flatten)]
