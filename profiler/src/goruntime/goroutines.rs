@@ -306,7 +306,20 @@ pub fn waiting_chain(mem: &dyn Memory, layout: &SudogLayout, g: &RawG) -> Vec<Ra
 /// [`waiting_chain`] of many goroutines at once: the chains are followed in rounds, one batched
 /// read per round for every chain that goes on (a select with k cases takes k rounds).
 pub fn waiting_chains(mem: &dyn Memory, layout: &SudogLayout, gs: &[&RawG]) -> Vec<Vec<RawSudog>> {
-    let mut chains: Vec<Vec<RawSudog>> = vec![Vec::new(); gs.len()];
+    let (sudogs, chains) = waiting_chains_flat(mem, layout, gs);
+    chains.into_iter().map(|c| sudogs[c].to_vec()).collect()
+}
+
+/// [`waiting_chains`] in one vector (no allocation per goroutine): goroutine `i`'s chain is
+/// `sudogs[chains[i]]`.
+pub fn waiting_chains_flat(
+    mem: &dyn Memory,
+    layout: &SudogLayout,
+    gs: &[&RawG],
+) -> (Vec<RawSudog>, Vec<std::ops::Range<usize>>) {
+    // Every sudog found, with its goroutine, in the order found (round by round).
+    let mut found: Vec<(usize, RawSudog)> = Vec::new();
+    let mut lengths = vec![0usize; gs.len()];
     // (index into gs, next sudog address)
     let mut frontier: Vec<(usize, u64)> = gs
         .iter()
@@ -326,14 +339,28 @@ pub fn waiting_chains(mem: &dyn Memory, layout: &SudogLayout, gs: &[&RawG]) -> V
             let Some(sudog) = sudog.filter(|s| s.g == gs[i].addr) else {
                 continue;
             };
-            chains[i].push(sudog);
-            if sudog.waitlink != 0 && chains[i].len() < MAX_SUDOG_CHAIN {
+            found.push((i, sudog));
+            lengths[i] += 1;
+            if sudog.waitlink != 0 && lengths[i] < MAX_SUDOG_CHAIN {
                 next.push((i, sudog.waitlink));
             }
         }
         frontier = next;
     }
-    chains
+    // Each goroutine's sudogs together, in chain order (the order they were found in).
+    let mut chains = Vec::with_capacity(gs.len());
+    let mut start = 0;
+    for len in &lengths {
+        chains.push(start..start + len);
+        start += len;
+    }
+    let mut next_slot: Vec<usize> = chains.iter().map(|c| c.start).collect();
+    let mut sudogs: Vec<RawSudog> = found.iter().map(|&(_, s)| s).collect();
+    for (i, sudog) in found {
+        sudogs[next_slot[i]] = sudog;
+        next_slot[i] += 1;
+    }
+    (sudogs, chains)
 }
 
 #[cfg(test)]

@@ -232,7 +232,8 @@ impl<'t, 'data> Context<'t, 'data> {
         let prefetched = prefetch(self.target, mem, &gs);
         let addrs: Vec<u64> = gs.iter().map(|g| g.addr).collect();
         let again = goroutines::reread_gs(mem, &self.target.layout.g, &addrs);
-        for (((index, g), pre), again) in batch.iter().zip(prefetched).zip(again) {
+        for (i, ((index, g), again)) in batch.iter().zip(again).enumerate() {
+            let pre = prefetched.get(i);
             match again {
                 // A goroutine that is not parked changes all the time: what matters is that the
                 // record still belongs to the same goroutine (g records are reused).
@@ -242,8 +243,7 @@ impl<'t, 'data> Context<'t, 'data> {
                 {
                     out.sudogs.extend(pre.chain.iter().map(|s| s.addr));
                     let sema_of = |g_addr| self.semtable.sema_of(mem, g_addr);
-                    let described =
-                        describe(self.target, &pre, g, &sema_of, self.now_mono, symbols);
+                    let described = describe(self.target, pre, g, &sema_of, self.now_mono, symbols);
                     place(*index, described);
                 }
                 Some(again) if again.status == Status::Dead => {}
@@ -335,7 +335,7 @@ fn read_with(target: &Target<'_>, reader: Reader<'_>, now_mono: i64) -> Result<S
         // what one whole record says, without the stack and objects we could not confirm.
         let (mut g, _) = describe(
             target,
-            &Prefetched::default(),
+            Prefetched::default(),
             &current,
             &|_| None,
             now_mono,
@@ -471,40 +471,64 @@ const DESCRIBE_BATCH: usize = 4096;
 /// Queued sudogs re-read per batch.
 const SUDOG_BATCH: usize = 16384;
 
-/// What [`describe`] needs from the target's memory besides the g record, read for a whole batch
-/// of goroutines at once.
-#[derive(Default)]
-struct Prefetched {
+/// What [`describe`] needs from the target's memory besides the g record.
+#[derive(Default, Clone, Copy)]
+struct Prefetched<'a> {
     /// Stack PCs (empty for a goroutine on a CPU: its saved registers are stale).
-    pcs: Vec<u64>,
+    pcs: &'a [u64],
     /// Its `g.waiting` sudog chain.
-    chain: Vec<RawSudog>,
+    chain: &'a [RawSudog],
 }
 
-fn prefetch(target: &Target<'_>, mem: &dyn Memory, gs: &[&RawG]) -> Vec<Prefetched> {
+/// [`Prefetched`] for a whole batch of goroutines, read in batched reads into one vector each.
+struct BatchPrefetch {
+    pcs: Vec<u64>,
+    /// Per goroutine of the batch: its range of `pcs` (empty when on a CPU).
+    stacks: Vec<std::ops::Range<usize>>,
+    sudogs: Vec<RawSudog>,
+    /// Per goroutine: its range of `sudogs`.
+    chains: Vec<std::ops::Range<usize>>,
+}
+
+impl BatchPrefetch {
+    fn get(&self, i: usize) -> Prefetched<'_> {
+        Prefetched {
+            pcs: &self.pcs[self.stacks[i].clone()],
+            chain: &self.sudogs[self.chains[i].clone()],
+        }
+    }
+}
+
+fn prefetch(target: &Target<'_>, mem: &dyn Memory, gs: &[&RawG]) -> BatchPrefetch {
     let off_cpu: Vec<&RawG> = gs
         .iter()
         .copied()
         .filter(|g| g.status != Status::Running)
         .collect();
-    let mut stacks = stack::unwind_many(mem, &off_cpu).into_iter();
-    let chains = goroutines::waiting_chains(mem, &target.layout.sudog, gs);
-    gs.iter()
-        .zip(chains)
-        .map(|(g, chain)| Prefetched {
-            pcs: if g.status == Status::Running {
-                Vec::new()
+    let mut pcs = Vec::with_capacity(off_cpu.len() * 8);
+    let mut off_cpu_stacks = stack::unwind_many_into(mem, &off_cpu, &mut pcs).into_iter();
+    let stacks = gs
+        .iter()
+        .map(|g| {
+            if g.status == Status::Running {
+                0..0
             } else {
-                stacks.next().unwrap_or_default()
-            },
-            chain,
+                off_cpu_stacks.next().unwrap_or(0..0)
+            }
         })
-        .collect()
+        .collect();
+    let (sudogs, chains) = goroutines::waiting_chains_flat(mem, &target.layout.sudog, gs);
+    BatchPrefetch {
+        pcs,
+        stacks,
+        sudogs,
+        chains,
+    }
 }
 
 fn describe(
     target: &Target<'_>,
-    pre: &Prefetched,
+    pre: Prefetched<'_>,
     g: &RawG,
     sema_of_g: &dyn Fn(u64) -> Option<u64>,
     now_mono: i64,
@@ -527,14 +551,14 @@ fn describe(
     let stack = if on_cpu {
         Vec::new()
     } else {
-        symbols.symbolize(&pre.pcs)
+        symbols.symbolize(pre.pcs)
     };
 
     let mut blocked_on = Vec::new();
     let mut sync_sema = None;
     if let Some(reason) = wait_reason.as_deref() {
         if let Some(op) = objects::channel_op(reason) {
-            for sudog in &pre.chain {
+            for sudog in pre.chain {
                 if sudog.c != 0 {
                     blocked_on.push(BlockedOn {
                         kind: ObjectKind::Chan,

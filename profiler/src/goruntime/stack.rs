@@ -2,9 +2,10 @@
 //! the program counters through pclntab (with inlined frames).
 
 use std::collections::HashSet;
+use std::hash::Hasher;
 
 use crate::gobin::pclntab::{Pclntab, SourceLine};
-use crate::goruntime::goroutines::{AddrMap, RawG};
+use crate::goruntime::goroutines::{AddrHasher, AddrMap, RawG};
 use crate::model::{Frame, Location, SharedStr};
 use crate::remote::memory::{self, Memory};
 
@@ -18,7 +19,9 @@ const STACK_READ_LIMIT: u64 = 256 << 10;
 pub fn unwind(mem: &dyn Memory, g: &RawG) -> Vec<u64> {
     let (lo, end) = stack_window(g);
     let window = mem.read_vec(lo, (end.saturating_sub(lo)) as usize).ok();
-    unwind_in(mem, g, window.as_deref())
+    let mut pcs = Vec::new();
+    unwind_in(mem, g, window.as_deref(), &mut pcs);
+    pcs
 }
 
 /// The part of a goroutine's stack read in one go: from its saved SP up (at most
@@ -33,6 +36,20 @@ const STACK_BATCH_BYTES: u64 = 16 << 20;
 
 /// [`unwind`] for many goroutines, their stack windows read in batched reads.
 pub fn unwind_many(mem: &dyn Memory, gs: &[&RawG]) -> Vec<Vec<u64>> {
+    let mut pcs = Vec::new();
+    unwind_many_into(mem, gs, &mut pcs)
+        .into_iter()
+        .map(|range| pcs[range].to_vec())
+        .collect()
+}
+
+/// [`unwind_many`] into one vector (no allocation per goroutine): each goroutine's PCs are
+/// `pcs[range]`, ranges in `gs` order.
+pub fn unwind_many_into(
+    mem: &dyn Memory,
+    gs: &[&RawG],
+    pcs: &mut Vec<u64>,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::with_capacity(gs.len());
     let mut start = 0;
     while start < gs.len() {
@@ -66,7 +83,9 @@ pub fn unwind_many(mem: &dyn Memory, gs: &[&RawG]) -> Vec<Vec<u64>> {
             let len = hi.saturating_sub(lo) as usize;
             let window = result.is_ok().then(|| &buffer[offset..offset + len]);
             offset += len;
-            out.push(unwind_in(mem, g, window));
+            let first = pcs.len();
+            unwind_in(mem, g, window, pcs);
+            out.push(first..pcs.len());
         }
         memory::give_back(buffer);
         start = end;
@@ -74,8 +93,10 @@ pub fn unwind_many(mem: &dyn Memory, gs: &[&RawG]) -> Vec<Vec<u64>> {
     out
 }
 
-fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
-    let mut pcs = vec![g.sched_pc];
+/// Append the goroutine's PCs to `pcs`.
+fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>, pcs: &mut Vec<u64>) {
+    let first = pcs.len();
+    pcs.push(g.sched_pc);
     let (lo, window_end) = stack_window(g);
     let word = |addr: u64| -> Option<u64> {
         if let Some(w) = window
@@ -88,7 +109,7 @@ fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
         mem.read_u64(addr).ok()
     };
     let mut bp = g.sched_bp;
-    while pcs.len() < MAX_FRAMES {
+    while pcs.len() - first < MAX_FRAMES {
         // A torn read can hand us any bp: no arithmetic on it before it is bounded.
         if bp < g.stack_lo
             || bp.checked_add(16).is_none_or(|end| end > g.stack_hi)
@@ -108,7 +129,6 @@ fn unwind_in(mem: &dyn Memory, g: &RawG, window: Option<&[u8]>) -> Vec<u64> {
         }
         bp = next_bp;
     }
-    pcs
 }
 
 /// Turn run-time PCs into frames. The first PC is where the goroutine stopped; the rest are
@@ -212,6 +232,9 @@ fn frames_at(
         .collect()
 }
 
+/// A stack's PCs and their frames.
+type StackEntry = (Box<[u64]>, Vec<Frame>);
+
 /// [`symbolize`], [`location`] and [`creation_site`] with a per-PC cache, for one snapshot:
 /// a hundred thousand goroutines share a few hundred distinct PCs, and their frames share one
 /// copy of each name (cloning a frame copies no string).
@@ -221,8 +244,9 @@ pub struct Symbolizer<'a, 'data> {
     wrapper_func_id: Option<u8>,
     strings: Interner,
     frames: AddrMap<(u64, bool), Vec<Frame>>,
-    /// Whole stacks: goroutines parked at the same place have the same PCs.
-    stacks: AddrMap<Vec<u64>, Vec<Frame>>,
+    /// Whole stacks, by a hash of their PCs (hashed a word at a time): goroutines parked at
+    /// the same place have the same PCs.
+    stacks: AddrMap<u64, Vec<StackEntry>>,
     locations: AddrMap<u64, Option<Location>>,
     creation_sites: AddrMap<u64, Option<Location>>,
 }
@@ -246,11 +270,21 @@ impl<'a, 'data> Symbolizer<'a, 'data> {
     }
 
     pub fn symbolize(&mut self, pcs: &[u64]) -> Vec<Frame> {
-        if let Some(frames) = self.stacks.get(pcs) {
+        let mut hasher = AddrHasher::default();
+        pcs.iter().for_each(|&pc| hasher.write_u64(pc));
+        let key = hasher.finish() ^ pcs.len() as u64;
+        if let Some((_, frames)) = self
+            .stacks
+            .get(&key)
+            .and_then(|same| same.iter().find(|(p, _)| **p == *pcs))
+        {
             return frames.clone();
         }
         let frames = self.symbolize_pcs(pcs);
-        self.stacks.insert(pcs.to_vec(), frames.clone());
+        self.stacks
+            .entry(key)
+            .or_default()
+            .push((pcs.into(), frames.clone()));
         frames
     }
 
