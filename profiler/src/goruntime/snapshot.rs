@@ -372,11 +372,27 @@ fn read_with(target: &Target<'_>, reader: Reader<'_>, now_mono: i64) -> Result<S
     // The channels' wait queues link the sudogs we just saw in the goroutines' waiting chains:
     // read them again in batches, so a long queue is not walked one read at a time.
     let sudog_chunks: Vec<&[u64]> = queued_sudogs.chunks(SUDOG_BATCH).collect();
-    let fresh_sudogs = reader.run(
-        sudog_chunks.len(),
-        || (),
-        |mem, _, n| goroutines::read_sudogs(mem, &layout.sudog, sudog_chunks[n]),
-    );
+    let read_fresh = || {
+        reader.run(
+            sudog_chunks.len(),
+            || (),
+            |mem, _, n| goroutines::read_sudogs(mem, &layout.sudog, sudog_chunks[n]),
+        )
+    };
+    let goid_of =
+        || -> AddrMap<u64, i64> { goroutines_out.iter().map(|g| (g.g_addr, g.goid)).collect() };
+    // Each g record's goid is mapped while the sudogs are read, when threads are allowed.
+    let (fresh_sudogs, goid_of) = match reader {
+        Reader::Shared(_, threads) if threads > 1 => std::thread::scope(|scope| {
+            let goids = scope.spawn(goid_of);
+            let fresh = read_fresh();
+            match goids.join() {
+                Ok(goids) => (fresh, goids),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }),
+        _ => (read_fresh(), goid_of()),
+    };
     // By address: where it is in `fresh_sudogs`.
     let mut fresh_at: AddrMap<u64, u32> =
         AddrMap::with_capacity_and_hasher(queued_sudogs.len(), Default::default());
@@ -392,7 +408,6 @@ fn read_with(target: &Target<'_>, reader: Reader<'_>, now_mono: i64) -> Result<S
     };
     let t_sudogs = started.elapsed();
 
-    let goid_of: AddrMap<u64, i64> = goroutines_out.iter().map(|g| (g.g_addr, g.goid)).collect();
     let goids = |addrs: &mut dyn ExactSizeIterator<Item = u64>| -> Vec<i64> {
         let mut v: Vec<i64> = Vec::with_capacity(addrs.len());
         v.extend(addrs.filter_map(|a| goid_of.get(&a).copied()));
@@ -401,20 +416,26 @@ fn read_with(target: &Target<'_>, reader: Reader<'_>, now_mono: i64) -> Result<S
         v
     };
 
-    let mut objects_out = Vec::new();
-    for (addr, waiters) in &channels {
-        let mut object = Object::new(*addr, ObjectKind::Chan);
-        let raw: Option<RawChannel> =
-            objects::read_channel_with(mem, &layout.hchan, &layout.sudog, *addr, &fresh);
-        if let Some(raw) = &raw {
-            object.chan = Some(raw.state.clone());
-            object.senders = goids(&mut raw.send_waiters.iter().map(|(g, _)| *g));
-            object.receivers = goids(&mut raw.recv_waiters.iter().map(|(g, _)| *g));
-        }
-        // Waiters whose queue entry we did not see (the queue moved) still wait here.
-        object.waiters = goids(&mut waiters.iter().copied());
-        objects_out.push(object);
-    }
+    // Channels one per job: a channel with a long queue is a long walk.
+    let channel_list: Vec<(u64, &Vec<u64>)> = channels.iter().map(|(a, w)| (*a, w)).collect();
+    let mut objects_out: Vec<Object> = reader.run(
+        channel_list.len(),
+        || (),
+        |mem, _, n| {
+            let (addr, waiters) = channel_list[n];
+            let mut object = Object::new(addr, ObjectKind::Chan);
+            let raw: Option<RawChannel> =
+                objects::read_channel_with(mem, &layout.hchan, &layout.sudog, addr, &fresh);
+            if let Some(raw) = &raw {
+                object.chan = Some(raw.state.clone());
+                object.senders = goids(&mut raw.send_waiters.iter().map(|(g, _)| *g));
+                object.receivers = goids(&mut raw.recv_waiters.iter().map(|(g, _)| *g));
+            }
+            // Waiters whose queue entry we did not see (the queue moved) still wait here.
+            object.waiters = goids(&mut waiters.iter().copied());
+            object
+        },
+    );
     for (addr, (kind, sema, waiters)) in &sync_objects {
         let mut object = Object::new(*addr, *kind);
         object.sema_addr = Some(*sema);
