@@ -39,6 +39,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bench::median;
+use crate::bench_snapshot::release_parkscope;
 use crate::cmd;
 
 const HEAP_MIB: usize = 1024;
@@ -210,19 +211,6 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::write(out.join("leaks.md"), &md)?;
     print!("{md}");
     Ok(())
-}
-
-/// `PARKSCOPE_BIN`, or a fresh release build (as `bench snapshot` does).
-fn release_parkscope() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("PARKSCOPE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    cmd::run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(cmd::repo_root())
-            .args(["build", "--release", "-p", "parkscope"]),
-    )?;
-    Ok(cmd::repo_root().join("target/release/parkscope"))
 }
 
 fn env_usize(name: &str) -> Option<usize> {

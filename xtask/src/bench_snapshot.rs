@@ -145,7 +145,8 @@ fn env_list(name: &str) -> Option<Vec<usize>> {
     (!list.is_empty()).then_some(list)
 }
 
-fn release_parkscope() -> anyhow::Result<PathBuf> {
+/// `PARKSCOPE_BIN`, or a fresh release build. Shared by the benches that run `parkscope`.
+pub(crate) fn release_parkscope() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("PARKSCOPE_BIN") {
         return Ok(PathBuf::from(path));
     }
