@@ -95,22 +95,12 @@ impl<'a, 'd> StackScanner<'a, 'd> {
         out: &mut Vec<u64>,
         stats: &mut StackScanStats,
     ) {
-        let (lo, hi) = (g.sched_sp, g.stack_hi);
-        if lo < g.stack_lo || lo >= hi || hi - lo > MAX_STACK || lo % 8 != 0 {
-            stats.fallbacks += 1;
-            return;
-        }
-        let Ok(stack) = mem.read_vec(lo, (hi - lo) as usize) else {
+        let Some(stack) = LiveStack::read(mem, g) else {
             stats.fallbacks += 1;
             return;
         };
-        let word = |addr: u64| -> Option<u64> {
-            if addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
-                return None;
-            }
-            let i = (addr - lo) as usize;
-            Some(u64::from_le_bytes(stack[i..i + 8].try_into().ok()?))
-        };
+        let (lo, hi) = (stack.lo, stack.hi);
+        let word = |addr: u64| stack.word(addr);
         let conservative = |from: u64, to: u64, out: &mut Vec<u64>| {
             let Some(mut at) = from.max(lo).checked_next_multiple_of(8) else {
                 return;
@@ -216,20 +206,11 @@ impl<'a, 'd> StackScanner<'a, 'd> {
     /// of `function` on a parked goroutine's stack; empty when it is not there or the stack
     /// cannot be unwound to it.
     pub fn live_words_of(&self, mem: &dyn Memory, g: &RawG, function: &str) -> Vec<u64> {
-        let (lo, hi) = (g.sched_sp, g.stack_hi);
-        if lo < g.stack_lo || lo >= hi || hi - lo > MAX_STACK || lo % 8 != 0 {
-            return Vec::new();
-        }
-        let Ok(stack) = mem.read_vec(lo, (hi - lo) as usize) else {
+        let Some(stack) = LiveStack::read(mem, g) else {
             return Vec::new();
         };
-        let word = |addr: u64| -> Option<u64> {
-            if addr < lo || addr.checked_add(8).is_none_or(|end| end > hi) {
-                return None;
-            }
-            let i = (addr - lo) as usize;
-            Some(u64::from_le_bytes(stack[i..i + 8].try_into().ok()?))
-        };
+        let hi = stack.hi;
+        let word = |addr: u64| stack.word(addr);
         let (mut pc, mut sp) = (g.sched_pc, g.sched_sp);
         let mut objects = Vec::new();
         for _ in 0..MAX_FRAMES {
@@ -312,14 +293,11 @@ impl<'a, 'd> StackScanner<'a, 'd> {
     /// The frames of a parked goroutine's stack, innermost first, as far as they can be
     /// unwound (a frame that cannot be decoded ends the list).
     pub fn frames(&self, mem: &dyn Memory, g: &RawG) -> Vec<FrameAt> {
-        let (lo, hi) = (g.sched_sp, g.stack_hi);
         let mut out = Vec::new();
-        if lo < g.stack_lo || lo >= hi || hi - lo > MAX_STACK || lo % 8 != 0 {
-            return out;
-        }
-        let Ok(stack) = mem.read_vec(lo, (hi - lo) as usize) else {
+        let Some(stack) = LiveStack::read(mem, g) else {
             return out;
         };
+        let hi = stack.hi;
         let (mut pc, mut sp) = (g.sched_pc, g.sched_sp);
         for _ in 0..MAX_FRAMES {
             let Ok(Geometry::Frame {
@@ -331,10 +309,7 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             else {
                 break;
             };
-            let ret = stack
-                .get((fp - 8 - lo) as usize..(fp - lo) as usize)
-                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                .unwrap_or(0);
+            let ret = stack.word(fp - 8).unwrap_or(0);
             out.push(FrameAt {
                 func,
                 pc: link_pc,
@@ -455,6 +430,34 @@ impl<'a, 'd> StackScanner<'a, 'd> {
             Some(ret) if ret != 0 => Frame::Next { pc: ret, sp: fp },
             _ => Frame::Undecodable("u15"),
         }
+    }
+}
+
+/// The live part of a parked goroutine's stack, `[sched.sp, stack.hi)`, read in one piece.
+struct LiveStack {
+    lo: u64,
+    hi: u64,
+    bytes: Vec<u8>,
+}
+
+impl LiveStack {
+    /// None when the saved bounds are implausible (a torn read) or the stack cannot be read.
+    fn read(mem: &dyn Memory, g: &RawG) -> Option<LiveStack> {
+        let (lo, hi) = (g.sched_sp, g.stack_hi);
+        if lo < g.stack_lo || lo >= hi || hi - lo > MAX_STACK || lo % 8 != 0 {
+            return None;
+        }
+        let bytes = mem.read_vec(lo, (hi - lo) as usize).ok()?;
+        Some(LiveStack { lo, hi, bytes })
+    }
+
+    /// The word at `addr`, if it lies inside.
+    fn word(&self, addr: u64) -> Option<u64> {
+        if addr < self.lo || addr.checked_add(8).is_none_or(|end| end > self.hi) {
+            return None;
+        }
+        let i = (addr - self.lo) as usize;
+        Some(u64::from_le_bytes(self.bytes[i..i + 8].try_into().ok()?))
     }
 }
 
