@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use parkscope_e2e::{FixtureBinary, RunningFixture, fixture, parkscope_bin};
+use parkscope_e2e::{FixtureBinary, RunningFixture, fixture, parkscope_bin, parse_goroutine_dump};
 
 const RELEASES: &[&str] = &["1.21", "1.26"];
 
@@ -484,6 +484,14 @@ fn top_renders_refreshes_and_quits_on_q_in_a_terminal() {
     }
     assert!(screen.contains("WAITING SITES"), "{screen}");
     assert!(screen.contains("main.consumeJobs"), "{screen}");
+    // Goroutines by state, read from memory each refresh: main, the director and the 11
+    // workers while the workload runs (fewer once workers finish), never fewer than the truth's.
+    let states = last_states(&screen).unwrap_or_else(|| panic!("no states: {screen}"));
+    let total: u64 = states.values().sum();
+    assert!(
+        total >= running.truth.goroutines.len() as u64 && total <= 16,
+        "{states:?}\n{screen}"
+    );
     tmux(&["send-keys", "-t", &session, "q"]);
     wait_for_file(&rc, Duration::from_secs(15));
     let code = std::fs::read_to_string(&rc).unwrap();
@@ -525,6 +533,95 @@ fn top_prints_plain_periodic_text_when_not_a_terminal() {
     let blocks = text.matches("parkscope top — pid").count();
     assert!(blocks >= 2, "{text}");
     assert_eq!(text.matches("----\n").count(), blocks);
+    assert_eq!(text.matches("goroutines by state: ").count(), blocks);
+    // The oracle idles (no "go" file): main in chan receive, the director polling (sleep or
+    // running), and the os/signal loop, which the truth does not list.
+    let states = last_states(&text).unwrap();
+    let total: u64 = states.values().sum();
+    let known = running.truth.goroutines.len() as u64;
+    assert!((known..=known + 1).contains(&total), "{states:?}\n{text}");
+    assert!(states.get("chan receive").copied() >= Some(1), "{states:?}");
+}
+
+/// The last "goroutines by state" block of `top`'s output: state → count.
+fn last_states(text: &str) -> Option<BTreeMap<String, u64>> {
+    let block = text.rsplit("goroutines by state: ").next()?;
+    if block.len() == text.len() {
+        return None;
+    }
+    let mut lines = block.lines();
+    let header_total: u64 = lines.next()?.split_whitespace().next()?.parse().ok()?;
+    let mut states = BTreeMap::new();
+    for line in lines {
+        let Some((n, state)) = line.trim_start().split_once(' ') else {
+            break;
+        };
+        let (Ok(n), true) = (n.parse::<u64>(), line.starts_with("  ")) else {
+            break;
+        };
+        states.insert(state.to_string(), n);
+    }
+    assert_eq!(
+        states.values().sum::<u64>(),
+        header_total,
+        "the rows add up to the header's total: {block}"
+    );
+    Some(states)
+}
+
+/// Goroutines by state in `top` against Go's own dump of the same, settled, process
+/// (goroutines.txt at the sync point, without the goroutine that wrote it) and the truth.
+#[test]
+fn top_counts_goroutines_by_state_like_gos_own_dump() {
+    for release in RELEASES {
+        let binary = fixture("idle_worker_pool", release, "plain");
+        let ctx = format!("idle_worker_pool {}", binary.go);
+        let running = RunningFixture::start(&binary.path);
+        let out = Command::new(parkscope_bin())
+            .args([
+                "top",
+                "--pid",
+                &running.pid().to_string(),
+                "--duration",
+                "2500ms",
+            ])
+            .args(["--no-calibrate", "--budget-percent", "50"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{ctx}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours = last_states(&text).unwrap_or_else(|| panic!("{ctx}: no states: {text}"));
+        let dump = std::fs::read_to_string(running.out_dir.join("goroutines.txt")).unwrap();
+        let mut go: BTreeMap<String, u64> = BTreeMap::new();
+        for g in parse_goroutine_dump(&dump) {
+            if g.functions.iter().any(|f| f.contains("/truth.publish")) {
+                continue; // the writer of the dump, gone since
+            }
+            *go.entry(g.state).or_default() += 1;
+        }
+        assert_eq!(ours, go, "{ctx}: parkscope top vs Go's dump\n{text}");
+        // Every parked goroutine the fixture announced is in its state.
+        let mut truth: BTreeMap<&str, u64> = BTreeMap::new();
+        for g in running
+            .truth
+            .goroutines
+            .iter()
+            .filter(|g| !g.wait_reason.is_empty())
+        {
+            *truth.entry(g.wait_reason.as_str()).or_default() += 1;
+        }
+        for (reason, n) in truth {
+            assert!(
+                ours.get(reason).copied().unwrap_or(0) >= n,
+                "{ctx}: {n} goroutines in {reason:?} per the truth: {ours:?}"
+            );
+        }
+    }
 }
 
 fn parkscope_e2e_alive(pid: u32) -> bool {

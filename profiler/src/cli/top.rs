@@ -1,7 +1,8 @@
 //! `parkscope top --pid N`: a live view of contention, refreshed every second. On a terminal it
 //! redraws in place (alternate screen) and quits on q or Ctrl-C; otherwise it prints one plain
 //! text block per refresh until Ctrl-C, the duration, or the target's exit. The target is never
-//! touched beyond the probes, which are all detached on the way out.
+//! touched beyond the probes, which are all detached on the way out. Each refresh also counts
+//! the goroutines by state from the target's memory (g records only: no stacks, no pause).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -11,8 +12,13 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use parkscope::analysis::contention::{Accountant, fmt_ns};
 use parkscope::error::InspectError;
+use parkscope::goruntime::goroutines::AddrMap;
+use parkscope::goruntime::snapshot::Target;
+use parkscope::goruntime::states::{self, StateCounts};
 use parkscope::probes::governor::Action;
 use parkscope::probes::session::{self, Output};
+use parkscope::remote::memory::{MemError, ProcessMemory};
+use parkscope::remote::process;
 
 use super::profile::{ProbeArgs, account, gap_lines, render_text};
 use super::trace::parse_duration;
@@ -69,7 +75,51 @@ impl Drop for TermGuard {
     }
 }
 
+/// The "goroutines by state" block of one refresh.
+pub fn render_states(counts: &Result<StateCounts, MemError>, rows: usize) -> String {
+    let counts = match counts {
+        Ok(c) => c,
+        Err(e) => return format!("goroutines by state: unavailable ({e})\n"),
+    };
+    let mut s = format!(
+        "goroutines by state: {} (runtime-internal: {}{})\n",
+        counts.total,
+        counts.system,
+        if counts.unreadable > 0 {
+            format!(
+                "; {} records changed while read, not counted",
+                counts.unreadable
+            )
+        } else {
+            String::new()
+        }
+    );
+    let sorted = counts.sorted();
+    // Every state when there are few; else the largest and one line for the rest.
+    let shown = if sorted.len() <= rows + 1 {
+        sorted.len()
+    } else {
+        rows
+    };
+    for (state, n) in &sorted[..shown] {
+        s.push_str(&format!("  {n:>7} {state}\n"));
+    }
+    if shown < sorted.len() {
+        let rest: u64 = sorted[shown..].iter().map(|(_, n)| n).sum();
+        s.push_str(&format!(
+            "  {rest:>7} in {} other states\n",
+            sorted.len() - shown
+        ));
+    }
+    s
+}
+
 pub fn run(args: TopArgs) -> Result<i32, InspectError> {
+    // The goroutine table is read with the binary's own layouts, prepared once.
+    let exe_bytes = process::read_exe(args.pid)?;
+    let target = Target::open(args.pid, &exe_bytes)?;
+    let mem = ProcessMemory::new(args.pid);
+    let mut system_by_startpc: AddrMap<u64, bool> = AddrMap::default();
     let mut opts = args.probe.options(args.pid)?;
     opts.duration = args.duration;
     // SAFETY: isatty on a standard descriptor.
@@ -147,6 +197,10 @@ pub fn run(args: TopArgs) -> Result<i32, InspectError> {
                     detached.join(",")
                 ));
             }
+            s.push_str(&render_states(
+                &states::count(&target, &mem, &mut system_by_startpc),
+                rows,
+            ));
             let mut waiting: Vec<_> = waiting.into_iter().collect();
             waiting.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.1.1.cmp(&b.1.1)));
             let now_waiting: u64 = waiting.iter().map(|w| w.1.0).sum();

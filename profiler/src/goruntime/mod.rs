@@ -8,3 +8,4 @@ pub mod layout;
 pub mod objects;
 pub mod snapshot;
 pub mod stack;
+pub mod states;
