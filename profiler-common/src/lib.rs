@@ -22,10 +22,14 @@ pub mod probe_slot {
     pub const RWMUTEX_UNLOCK: u32 = 14;
     pub const RWMUTEX_RLOCK_SLOW: u32 = 15;
     pub const RWMUTEX_RUNLOCK_SLOW: u32 = 16;
-    /// An empty program: the benchmark's floor (trap + dispatch, no work).
+    /// An empty program: the calibration's floor (trap + dispatch, no work). Attached with a
+    /// cookie (`slot + 1`), the empty program counts into the slot of the real program whose
+    /// attach points it shares instead (the benchmark's floor, probe by probe).
     pub const EMPTY: u32 = 17;
+    /// The `call runtime.runqput` in runtime.newproc.func1: the new g in RBX, fully set up.
+    pub const NEWPROC_HANDOFF: u32 = 18;
     /// Slots in use.
-    pub const USED: u32 = 18;
+    pub const USED: u32 = 19;
     /// Size of the counter array (room to grow without changing the map).
     pub const COUNT: u32 = 32;
 }
@@ -76,10 +80,13 @@ pub mod event_flag {
 /// Return addresses captured per event: `[rsp]` at entry, then up the frame-pointer chain.
 pub const EVENT_FRAMES: usize = 4;
 
+/// Distinct user stacks the STACKS map holds (per loaded session).
+pub const STACK_ENTRIES: u32 = 16384;
+
 /// Most select cases reported per selectgo call (the loop in the kernel is bounded by this).
 pub const MAX_SELECT_CASES: u32 = 16;
 
-/// One record in the ring buffer: 88 bytes, no implicit padding.
+/// One record in the ring buffer: 96 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -101,6 +108,10 @@ pub struct Event {
     pub reason: u8,
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// 1 + the id of the user stack in the STACKS map, for the probes userspace asked stack
+    /// ids of (`GoOffsets::stack_slots`); 0 = none taken or the map was full.
+    pub stack_id: u32,
+    pub _pad2: u32,
 }
 
 /// Offsets into the Go runtime's structures that the eBPF programs need. Filled in by userspace
@@ -116,7 +127,8 @@ pub struct GoOffsets {
     pub hchan_dataqsiz: u32,
     /// 1 when the probes should emit events; 0 = count only (benchmarks).
     pub emit: u32,
-    pub _pad: u32,
+    /// Bit n set: the program of probe slot n takes a user stack id (bpf_get_stackid).
+    pub stack_slots: u32,
 }
 
 #[cfg(feature = "user")]

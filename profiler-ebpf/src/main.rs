@@ -14,15 +14,17 @@
 mod programs {
     use aya_ebpf::{
         Global,
-        bindings::{BPF_RB_NO_WAKEUP, pt_regs},
-        helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+        bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP, pt_regs},
+        helpers::{
+            bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        },
         macros::{map, uprobe},
-        maps::{PerCpuArray, RingBuf},
-        programs::ProbeContext,
+        maps::{PerCpuArray, RingBuf, StackTrace},
+        programs::{ProbeContext, tracing::StackIdContext},
     };
     use profiler_common::{
-        EVENT_FRAMES, Event, GoOffsets, MAX_SELECT_CASES, event_flag, event_kind as kind,
-        probe_slot as slot,
+        EVENT_FRAMES, Event, GoOffsets, MAX_SELECT_CASES, STACK_ENTRIES, event_flag,
+        event_kind as kind, probe_slot as slot,
     };
 
     /// Set by userspace at load time from the target's own offsets.
@@ -35,7 +37,7 @@ mod programs {
         m_curg: 0,
         hchan_dataqsiz: 0,
         emit: 0,
-        _pad: 0,
+        stack_slots: 0,
     });
 
     /// Hits per program, per CPU. Userspace sums them to price each probe group.
@@ -45,6 +47,11 @@ mod programs {
     /// Events lost because the ring buffer was full, per CPU (slot 0).
     #[map]
     static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+    /// User stacks of the events whose probe userspace asked stack ids of (frame-pointer walk
+    /// by the kernel; Go keeps frame pointers). Ids are reused for identical stacks.
+    #[map]
+    static STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
 
     /// Drained by userspace on a timer; submitted without wakeups.
     #[map]
@@ -87,9 +94,25 @@ mod programs {
         if off.emit == 0 { None } else { Some(off) }
     }
 
+    /// 1 + the user stack's id in STACKS when userspace asked for this probe's stacks.
+    #[inline(always)]
+    fn stack_id(ctx: &ProbeContext, probe: u32) -> u32 {
+        let off = GO_OFFSETS.load();
+        if probe >= 32 || off.stack_slots & (1 << probe) == 0 {
+            return 0;
+        }
+        // BPF_F_USER_STACK; no BPF_F_REUSE_STACKID: a hash collision then fails (-EEXIST)
+        // rather than overwriting another event's stack.
+        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as u32 + 1,
+            Err(_) => 0,
+        }
+    }
+
     /// An event with the common fields filled in: time, pid/tid, return addresses.
     #[inline(always)]
     fn base_event(ctx: &ProbeContext, probe: u32, event_kind: u16) -> Event {
+        let stack_id = stack_id(ctx, probe);
         let r = regs(ctx);
         let pid_tgid = bpf_get_current_pid_tgid();
         let mut frames = [0u64; EVENT_FRAMES];
@@ -121,6 +144,8 @@ mod programs {
             reason: 0,
             flags: 0,
             _pad: [0; 2],
+            stack_id,
+            _pad2: 0,
         }
     }
 
@@ -157,10 +182,18 @@ mod programs {
         0
     }
 
-    /// The floor: a program that only counts (benchmarks and the startup calibration).
+    /// The floor: a program that only counts. The startup calibration attaches it without a
+    /// cookie (counts into EMPTY); the benchmark attaches it at a real program's attach points
+    /// with cookie `slot + 1`, so it counts into that program's slot (which is then idle).
     #[uprobe]
-    pub fn empty(_ctx: ProbeContext) -> u32 {
-        bump(&PROBE_HITS, slot::EMPTY);
+    pub fn empty(ctx: ProbeContext) -> u32 {
+        let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
+        let slot = if cookie == 0 || cookie > slot::COUNT as u64 {
+            slot::EMPTY
+        } else {
+            (cookie - 1) as u32
+        };
+        bump(&PROBE_HITS, slot);
         0
     }
 
@@ -223,6 +256,30 @@ mod programs {
         let parent = read_u64(newg + off.g_parent_goid as u64);
         let gopc = read_u64(newg + off.g_gopc as u64);
         emit(&ctx, slot::NEWPROC1_RET, kind::CREATE, |e| {
+            e.goid = parent;
+            e.peer_goid = child;
+            e.object = newg;
+            e.aux = gopc;
+        });
+        0
+    }
+
+    /// At the `call runtime.runqput` of runtime.newproc.func1 (an emulated call, where a RET
+    /// probe would be single-stepped): runqput(pp RAX, newg RBX, next CL), newg returned by
+    /// newproc1 and already filled in (goid, parentGoid, gopc). R14 is g0 here.
+    #[uprobe]
+    pub fn newproc_handoff(ctx: ProbeContext) -> u32 {
+        let Some(off) = enter(slot::NEWPROC_HANDOFF) else {
+            return 0;
+        };
+        let newg = regs(&ctx).rbx;
+        if newg == 0 {
+            return 0;
+        }
+        let child = goid_of(newg, &off);
+        let parent = read_u64(newg + off.g_parent_goid as u64);
+        let gopc = read_u64(newg + off.g_gopc as u64);
+        emit(&ctx, slot::NEWPROC_HANDOFF, kind::CREATE, |e| {
             e.goid = parent;
             e.peer_goid = child;
             e.object = newg;

@@ -98,6 +98,12 @@ fn inspect_agrees_with_go_tool_nm_on_every_binary() {
                 .is_empty(),
             "{ctx}"
         );
+        // Goroutine creation is probed at newproc.func1's `call runqput` (emulated by the
+        // kernel), not at newproc1's RETs (single-stepped), on every release of the matrix.
+        let handoff = &probes["runtime.newproc.func1"];
+        assert_eq!(handoff["role"], "newproc_handoff", "{ctx}");
+        assert_eq!(handoff["attach_kind"], "emulated_call", "{ctx}");
+        assert!(handoff["attach_offset"].as_u64().unwrap() > 0, "{ctx}");
 
         let source = if stripped { "table" } else { "dwarf" };
         let offs = offsets(&report);

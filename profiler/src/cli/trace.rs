@@ -22,6 +22,17 @@ pub struct TraceArgs {
     /// JSON lines on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// eBPF programs whose events carry the whole user stack (`stack` in JSON), by program
+    /// name (e.g. semacquire1), comma-separated; "none" for none.
+    #[arg(long, value_delimiter = ',')]
+    pub stack_ids: Option<Vec<String>>,
+    /// Benchmarks: attach an empty program (it only counts) at exactly the attach points of
+    /// the chosen groups instead of the real programs.
+    #[arg(long, hide = true)]
+    pub floor: bool,
+    /// Benchmarks: attach only these programs of the chosen groups (comma-separated).
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub only_programs: Option<Vec<String>>,
     #[command(flatten)]
     pub governor: GovernorArgs,
 }
@@ -90,6 +101,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
     let mut opts = args.governor.options(args.pid, args.probes.0.clone())?;
     opts.duration = args.duration;
+    if let Some(programs) = args.stack_ids {
+        opts.stack_programs = programs.into_iter().filter(|p| p != "none").collect();
+    }
+    opts.floor = args.floor;
+    opts.only_programs = args.only_programs;
     let json = args.json;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -153,6 +169,19 @@ pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
         summary.events,
         summary.drops,
         groups.join("; ")
+    );
+    let programs: Vec<String> = summary
+        .program_hits
+        .iter()
+        .map(|(p, n, run_ns)| match run_ns {
+            Some(ns) => format!("{p} {n} ({ns:.0} ns/run)"),
+            None => format!("{p} {n}"),
+        })
+        .collect();
+    eprintln!(
+        "parkscope: hits per probe{}: {}",
+        if args.floor { " (empty program)" } else { "" },
+        programs.join(", ")
     );
     Ok(0)
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::gobin::elf::ElfImage;
 use crate::gobin::pclntab::{FuncInfo, Pclntab};
 use crate::gobin::prologue::{self, AttachKind};
+use iced_x86::Register;
 
 /// One probe role and the symbol names that implement it across Go releases (first match wins).
 pub struct ProbeSpec {
@@ -122,6 +123,33 @@ pub const PROBES: &[ProbeSpec] = &[
     },
 ];
 
+/// A probe role at a call site rather than a function: inside `caller`, the `call consumer`
+/// that follows `call producer`, where `register` holds what the producer returned (see
+/// `prologue::handoff_call`). Used where a RET probe would be the alternative: the kernel
+/// single-steps a `ret`, but emulates a `call rel32`.
+pub struct HandoffSpec {
+    pub role: &'static str,
+    pub group: &'static str,
+    pub caller: &'static [&'static str],
+    pub producer: &'static str,
+    pub consumer: &'static str,
+    pub register: Register,
+}
+
+pub const HANDOFFS: &[HandoffSpec] = &[
+    // `go f()`: newproc runs newproc1 on the system stack (newproc.func1), then
+    // runqput(pp, newg, true). Same rate as newproc1's RETs but for coroutines (newcoro calls
+    // newproc1 itself: iter.Pull's goroutines are not seen here).
+    HandoffSpec {
+        role: "newproc_handoff",
+        group: "lifecycle",
+        caller: &["runtime.newproc.func1"],
+        producer: "runtime.newproc1",
+        consumer: "runtime.runqput",
+        register: Register::RBX,
+    },
+];
+
 /// A role with no function in this build: inlined everywhere, renamed, or unused by the program
 /// (the linker drops unreachable functions, e.g. the RWMutex paths of a program without RWMutex).
 pub const ABSENT_NOTE: &str =
@@ -150,6 +178,8 @@ pub enum AttachKindName {
     AfterStackCheck,
     PushAtEntry,
     Entry,
+    /// A `call rel32` inside the function (a handoff point): emulated like the push.
+    EmulatedCall,
 }
 
 impl From<AttachKind> for AttachKindName {
@@ -194,8 +224,55 @@ pub fn locate_all(image: &ElfImage<'_>, pclntab: &Pclntab<'_>) -> Vec<ProbeLooku
     PROBES
         .iter()
         .map(|spec| locate(image, pclntab, spec))
+        .chain(
+            HANDOFFS
+                .iter()
+                .map(|spec| locate_handoff(image, pclntab, spec)),
+        )
         .collect()
 }
+
+/// A handoff call site: `attach_offset` is the call's offset in the caller, kind
+/// `EmulatedCall`; no RET offsets.
+pub fn locate_handoff(
+    image: &ElfImage<'_>,
+    pclntab: &Pclntab<'_>,
+    spec: &HandoffSpec,
+) -> ProbeLookup {
+    let found = || -> Option<ProbePoint> {
+        let producer = pclntab.func_by_name(spec.producer)?.entry;
+        let consumer = pclntab.func_by_name(spec.consumer)?.entry;
+        spec.caller.iter().find_map(|symbol| {
+            let func = pclntab.func_by_name(symbol)?;
+            let size = func.end.checked_sub(func.entry)?;
+            let code = image.bytes_at(func.entry, usize::try_from(size).ok()?)?;
+            let at = prologue::handoff_call(code, func.entry, producer, consumer, spec.register)?;
+            Some(ProbePoint {
+                role: spec.role,
+                group: spec.group,
+                symbol: func.name.clone(),
+                addr: func.entry,
+                size,
+                file_offset: image.file_offset(func.entry)?,
+                attach_offset: at,
+                attach_kind: AttachKindName::EmulatedCall,
+                ret_offsets: Vec::new(),
+            })
+        })
+    };
+    match found() {
+        Some(point) => ProbeLookup::Present(point),
+        None => ProbeLookup::Absent {
+            role: spec.role,
+            group: spec.group,
+            symbols: spec.caller,
+            note: HANDOFF_ABSENT_NOTE,
+        },
+    }
+}
+
+pub const HANDOFF_ABSENT_NOTE: &str = "the call site pattern was not found in this build (the RET \
+     probes of the producer are used instead)";
 
 fn describe(image: &ElfImage<'_>, spec: &ProbeSpec, func: &FuncInfo) -> Option<ProbePoint> {
     let size = func.end.checked_sub(func.entry)?;

@@ -72,6 +72,87 @@ pub fn shape(code: &[u8], entry: u64) -> CodeShape {
     }
 }
 
+/// The offset from `entry` of the `call consumer` that directly follows a `call producer` in
+/// `code`, when at that call `reg` holds the producer's result: RAX after `call producer` is
+/// moved into `reg` (`mov reg, rax`), and nothing between the two calls branches, writes RAX
+/// before that move, or writes `reg` after it. A uprobe there reads the producer's result
+/// without a RET probe: the kernel emulates `call rel32` and single-steps `ret` (both checked
+/// in arch/x86/kernel/uprobes.c: branch_setup_xol_ops handles jmp/call/jcc/nops, push_setup_xol_ops
+/// `push reg`; everything else, `ret` included, is executed out of line).
+pub fn handoff_call(
+    code: &[u8],
+    entry: u64,
+    producer: u64,
+    consumer: u64,
+    reg: Register,
+) -> Option<u64> {
+    let instructions = decode_all(code, entry);
+    let is_call_to = |i: &Instruction, target: u64| {
+        i.mnemonic() == Mnemonic::Call
+            && i.op0_kind() == OpKind::NearBranch64
+            && i.near_branch64() == target
+    };
+    let start = instructions.iter().position(|i| is_call_to(i, producer))?;
+    let mut moved = false;
+    for i in &instructions[start + 1..] {
+        if i.mnemonic() == Mnemonic::Call {
+            return (is_call_to(i, consumer) && moved).then(|| i.ip() - entry);
+        }
+        let branches = matches!(
+            i.op0_kind(),
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+        ) || matches!(
+            i.mnemonic(),
+            Mnemonic::Jmp | Mnemonic::Ret | Mnemonic::Int3 | Mnemonic::Ud2
+        );
+        if branches {
+            return None;
+        }
+        let writes = |r: Register| {
+            i.op_count() > 0
+                && i.op0_kind() == OpKind::Register
+                && full_gpr(i.op0_register()) == r
+                && !matches!(
+                    i.mnemonic(),
+                    Mnemonic::Cmp | Mnemonic::Test | Mnemonic::Push
+                )
+        };
+        if i.mnemonic() == Mnemonic::Mov
+            && i.op0_kind() == OpKind::Register
+            && i.op0_register() == reg
+            && i.op1_kind() == OpKind::Register
+            && i.op1_register() == Register::RAX
+            && !moved
+        {
+            moved = true;
+        } else if writes(Register::RAX) && !moved {
+            return None;
+        } else if writes(reg) {
+            moved = false;
+        }
+    }
+    None
+}
+
+/// The 64-bit register a general-purpose register name is part of (RAX for EAX/AX/AL/AH, …);
+/// other registers map to themselves.
+fn full_gpr(r: Register) -> Register {
+    use Register::*;
+    const FAMILIES: &[[Register; 5]] = &[
+        [RAX, EAX, AX, AL, AH],
+        [RBX, EBX, BX, BL, BH],
+        [RCX, ECX, CX, CL, CH],
+        [RDX, EDX, DX, DL, DH],
+        [RSI, ESI, SI, SIL, SIL],
+        [RDI, EDI, DI, DIL, DIL],
+        [R8, R8D, R8W, R8L, R8L],
+        [R9, R9D, R9W, R9L, R9L],
+        [R10, R10D, R10W, R10L, R10L],
+        [R11, R11D, R11W, R11L, R11L],
+    ];
+    FAMILIES.iter().find(|f| f.contains(&r)).map_or(r, |f| f[0])
+}
+
 fn decode_all(code: &[u8], entry: u64) -> Vec<Instruction> {
     let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
     let mut out = Vec::new();
@@ -192,6 +273,45 @@ mod tests {
         let facts = analyze(&code, 0);
         assert_eq!(facts.attach_kind, AttachKind::Entry);
         assert_eq!(facts.ret_offsets, vec![5]);
+    }
+
+    /// runtime.newproc.func1 of Go 1.26 (bench_http fixture), from `call newproc1` on.
+    const NEWPROC_FUNC1_TAIL: [u8; 37] = [
+        0xe8, 0x5b, 0x00, 0x00, 0x00, // call newproc1 (0x1060)
+        0x49, 0x8b, 0x56, 0x30, // mov rdx,[r14+30h]
+        0x48, 0x8b, 0x92, 0xd0, 0x00, 0x00, 0x00, // mov rdx,[rdx+0d0h]
+        0x48, 0x89, 0xc3, // mov rbx,rax
+        0xb9, 0x01, 0x00, 0x00, 0x00, // mov ecx,1
+        0x48, 0x89, 0xd0, // mov rax,rdx
+        0x0f, 0x1f, 0x44, 0x00, 0x00, // nop
+        0xe8, 0x7b, 0x51, 0x00, 0x00, // call runqput (0x61a0)
+    ];
+
+    #[test]
+    fn finds_the_call_that_hands_the_result_over() {
+        let at = handoff_call(&NEWPROC_FUNC1_TAIL, 0x1000, 0x1060, 0x61a0, Register::RBX);
+        assert_eq!(at, Some(32));
+        // Another consumer, or the result in another register: no attach point.
+        assert_eq!(
+            handoff_call(&NEWPROC_FUNC1_TAIL, 0x1000, 0x1060, 0x7000, Register::RBX),
+            None
+        );
+        assert_eq!(
+            handoff_call(&NEWPROC_FUNC1_TAIL, 0x1000, 0x1060, 0x61a0, Register::RCX),
+            None
+        );
+    }
+
+    #[test]
+    fn a_clobbered_result_is_no_handoff() {
+        let mut code = NEWPROC_FUNC1_TAIL;
+        // mov rbx,rax -> mov rbx,rdx: RBX no longer holds the result.
+        code[17] = 0x89;
+        code[18] = 0xd3;
+        assert_eq!(
+            handoff_call(&code, 0x1000, 0x1060, 0x61a0, Register::RBX),
+            None
+        );
     }
 
     #[test]

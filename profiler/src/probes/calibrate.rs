@@ -64,7 +64,9 @@ impl Default for HitCost {
 impl HitCost {
     pub fn for_kind(&self, kind: AttachKindName) -> f64 {
         match kind {
-            AttachKindName::AfterStackCheck | AttachKindName::PushAtEntry => self.emulated_ns,
+            AttachKindName::AfterStackCheck
+            | AttachKindName::PushAtEntry
+            | AttachKindName::EmulatedCall => self.emulated_ns,
             AttachKindName::Entry => self.stepped_ns,
         }
     }

@@ -49,6 +49,10 @@ pub struct TraceEvent {
     /// chan_make: capacity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<u64>,
+    /// The whole user stack, innermost first ("function file:line", inlined frames included),
+    /// for the probes that take stack ids.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stack: Vec<String>,
 }
 
 pub fn event_name(k: u16) -> &'static str {
@@ -194,6 +198,25 @@ impl<'a, 'data> Decoder<'a, 'data> {
         (stack, innermost)
     }
 
+    /// Every frame of a stack (from a stack id) as "function file:line", innermost first.
+    pub fn stack_text(&self, pcs: &[u64]) -> Vec<String> {
+        // The innermost entry is where the probe fired, not a return address.
+        let mut out = Vec::new();
+        for (i, &pc) in pcs.iter().enumerate() {
+            let lines = if i == 0 {
+                self.lines(pc.wrapping_add(1))
+            } else {
+                self.lines(pc)
+            };
+            out.extend(
+                lines
+                    .into_iter()
+                    .map(|l| format!("{} {}:{}", l.function, l.file, l.line)),
+            );
+        }
+        out
+    }
+
     pub fn decode(&self, e: &Event) -> TraceEvent {
         let mut out = TraceEvent {
             ts_ns: e.ts_ns,
@@ -214,6 +237,7 @@ impl<'a, 'data> Decoder<'a, 'data> {
             ncases: None,
             dir: None,
             capacity: None,
+            stack: Vec::new(),
         };
         let mut pcs: Vec<u64> = e.frames.to_vec();
         match e.kind {

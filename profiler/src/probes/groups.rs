@@ -61,6 +61,9 @@ pub enum AttachAt {
     Entry,
     /// Every RET instruction (to read a result without a uretprobe).
     Rets,
+    /// A handoff call site (`gobin::probe_points::HANDOFFS`): the result of one function
+    /// passed to the next, at an emulated `call`.
+    Handoff,
 }
 
 /// One eBPF program and the runtime function (probe role) it attaches to.
@@ -73,6 +76,8 @@ pub struct ProgramSpec {
     pub slot: u32,
     pub at: AttachAt,
     pub group: ProbeGroup,
+    /// Not attached when this other program (same data, cheaper attach point) could be planned.
+    pub fallback_of: Option<&'static str>,
 }
 
 const fn spec(
@@ -88,20 +93,33 @@ const fn spec(
         slot,
         at,
         group,
+        fallback_of: None,
     }
 }
 
-use AttachAt::{Entry, Rets};
+use AttachAt::{Entry, Handoff, Rets};
 use ProbeGroup::{Channels, Lifecycle, Locks, Park};
 
 pub const PROGRAMS: &[ProgramSpec] = &[
+    // Goroutine creation: at the emulated `call runqput` that hands the new g over (~1 µs a
+    // hit here), else at newproc1's RETs (single-stepped: ~20-30x that on this VM).
     spec(
-        "newproc1_ret",
-        "newproc1",
-        slot::NEWPROC1_RET,
-        Rets,
+        "newproc_handoff",
+        "newproc_handoff",
+        slot::NEWPROC_HANDOFF,
+        Handoff,
         Lifecycle,
     ),
+    ProgramSpec {
+        fallback_of: Some("newproc_handoff"),
+        ..spec(
+            "newproc1_ret",
+            "newproc1",
+            slot::NEWPROC1_RET,
+            Rets,
+            Lifecycle,
+        )
+    },
     spec("goexit1", "goexit1", slot::GOEXIT1, Entry, Lifecycle),
     spec("gopark", "gopark", slot::GOPARK, Entry, Park),
     spec("ready", "ready", slot::READY, Entry, Park),
@@ -195,16 +213,21 @@ pub fn parse_groups(list: &str) -> Result<Vec<ProbeGroup>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gobin::probe_points::PROBES;
+    use crate::gobin::probe_points::{HANDOFFS, PROBES};
 
     #[test]
     fn every_program_names_a_known_role_of_its_group() {
         for p in PROGRAMS {
-            let role = PROBES
+            let group = PROBES
                 .iter()
                 .find(|r| r.role == p.role)
+                .map(|r| r.group)
+                .or_else(|| HANDOFFS.iter().find(|r| r.role == p.role).map(|r| r.group))
                 .unwrap_or_else(|| panic!("program {} names unknown role {}", p.program, p.role));
-            assert_eq!(role.group, p.group.name(), "{}", p.program);
+            assert_eq!(group, p.group.name(), "{}", p.program);
+            if let Some(other) = p.fallback_of {
+                assert!(PROGRAMS.iter().any(|q| q.program == other), "{other}");
+            }
         }
         let mut slots: Vec<u32> = PROGRAMS.iter().map(|p| p.slot).collect();
         slots.sort_unstable();

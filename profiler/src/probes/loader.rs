@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::UProbe;
-use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::{Event, GoOffsets, probe_slot};
 
@@ -61,7 +61,7 @@ impl Plan {
                 continue;
             };
             let (file_offsets, attach_kind) = match spec.at {
-                AttachAt::Entry => (
+                AttachAt::Entry | AttachAt::Handoff => (
                     vec![point.file_offset + point.attach_offset],
                     point.attach_kind,
                 ),
@@ -88,6 +88,23 @@ impl Plan {
                 attach_kind,
             });
         }
+        // A fallback goes when its preferred program could be planned; a preferred program
+        // that could not be planned is not missing when its fallback stands in.
+        let planned: Vec<&'static str> = plan.programs.iter().map(|p| p.spec.program).collect();
+        plan.programs.retain(|p| {
+            p.spec
+                .fallback_of
+                .is_none_or(|other| !planned.contains(&other))
+        });
+        let programs = plan.programs.clone();
+        plan.missing.retain(|m| {
+            !programs.iter().any(|p| {
+                p.spec
+                    .fallback_of
+                    .and_then(|other| PROGRAMS.iter().find(|q| q.program == other))
+                    .is_some_and(|q| q.role == m.role)
+            })
+        });
         plan
     }
 
@@ -118,7 +135,7 @@ pub fn go_offsets(binary: &GoBinary<'_>, emit: bool) -> Result<GoOffsets, Inspec
         m_curg: get("m.curg")?,
         hchan_dataqsiz: get("hchan.dataqsiz")?,
         emit: u32::from(emit),
-        _pad: 0,
+        stack_slots: 0,
     })
 }
 
@@ -132,7 +149,12 @@ pub struct Probes {
     events: RingBuf<MapData>,
     hits: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
+    stacks: Option<StackTraceMap<MapData>>,
     logger: Option<aya_log::EbpfLogger<TracingLog>>,
+    /// Benchmarks: the empty program at every attach point instead of the real ones.
+    floor: bool,
+    /// Benchmarks: attach only these programs of a group.
+    only: Option<Vec<String>>,
 }
 
 impl Probes {
@@ -171,6 +193,9 @@ impl Probes {
             .map_err(|e| bpf_error("map PROBE_HITS", &e))?;
         let drops = PerCpuArray::try_from(take(&mut ebpf, "EVENT_DROPS")?)
             .map_err(|e| bpf_error("map EVENT_DROPS", &e))?;
+        let stacks = ebpf
+            .take_map("STACKS")
+            .and_then(|m| StackTraceMap::try_from(m).ok());
         Ok(Probes {
             ebpf,
             pid,
@@ -180,8 +205,29 @@ impl Probes {
             events,
             hits,
             drops,
+            stacks,
             logger,
+            floor: false,
+            only: None,
         })
+    }
+
+    /// Benchmarks: attach the empty program (one counter increment) at exactly the attach
+    /// points of the real programs, each counting into its real program's slot.
+    pub fn set_floor(&mut self, floor: bool) {
+        self.floor = floor;
+    }
+
+    /// Benchmarks: attach only the named programs of each group.
+    pub fn set_only(&mut self, programs: Option<Vec<String>>) {
+        self.only = programs;
+    }
+
+    /// The user stack behind an event's `stack_id` (innermost first), when still in the map.
+    pub fn stack(&self, stack_id: u32) -> Option<Vec<u64>> {
+        let id = stack_id.checked_sub(1)?;
+        let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
     }
 
     pub fn plan(&self) -> &Plan {
@@ -203,14 +249,30 @@ impl Probes {
             return Ok(0);
         }
         let pid = NonZeroU32::new(self.pid).ok_or(InspectError::ProcessGone { pid: 0 })?;
-        let planned: Vec<PlannedProgram> = self.plan.programs_of(group).cloned().collect();
+        let planned: Vec<PlannedProgram> = self
+            .plan
+            .programs_of(group)
+            .filter(|p| {
+                self.only
+                    .as_ref()
+                    .is_none_or(|only| only.iter().any(|o| o == p.spec.program))
+            })
+            .cloned()
+            .collect();
         let exe = self.exe.clone();
+        let floor = self.floor;
         let mut links = Vec::new();
         let mut points = 0;
         for p in &planned {
-            let result = self.uprobe(p.spec.program).and_then(|prog| {
+            let program = if floor { "empty" } else { p.spec.program };
+            // The empty program learns whose slot to count into from the cookie.
+            let cookie = floor.then_some(u64::from(p.spec.slot) + 1);
+            let result = self.uprobe(program).and_then(|prog| {
                 prog.attach(
-                    p.file_offsets.iter().copied(),
+                    p.file_offsets.iter().map(|&o| UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(o),
+                        cookie,
+                    }),
                     &exe,
                     UProbeScope::OneProcess(pid),
                 )
@@ -218,7 +280,7 @@ impl Probes {
             });
             match result {
                 Ok(link) => {
-                    links.push((p.spec.program, link));
+                    links.push((program, link));
                     points += p.file_offsets.len();
                 }
                 Err(err) => {
@@ -407,7 +469,7 @@ mod tests {
         };
         assert_eq!(event_from_bytes(bytes), Some(event));
         assert_eq!(event_from_bytes(&bytes[..10]), None);
-        assert_eq!(std::mem::size_of::<Event>(), 88);
+        assert_eq!(std::mem::size_of::<Event>(), 96);
     }
 
     #[test]

@@ -19,6 +19,10 @@ use crate::probes::groups::ProbeGroup;
 use crate::probes::loader::{self, Plan, Probes};
 use crate::remote::{maps, process};
 
+/// Programs whose events carry a user stack id by default (see the README's overhead section
+/// for the measurement behind the choice).
+pub const DEFAULT_STACK_PROGRAMS: &[&str] = &[];
+
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
     pub pid: u32,
@@ -38,6 +42,12 @@ pub struct TraceOptions {
     pub raw: bool,
     /// Set from outside (e.g. a key press in `top`) to end the session.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Programs (eBPF program names) whose events carry the user stack (bpf_get_stackid).
+    pub stack_programs: Vec<String>,
+    /// Benchmarks: the empty program at the same attach points instead of the real ones.
+    pub floor: bool,
+    /// Benchmarks: attach only these programs of the chosen groups.
+    pub only_programs: Option<Vec<String>>,
 }
 
 impl TraceOptions {
@@ -53,6 +63,12 @@ impl TraceOptions {
             calibrate: true,
             raw: false,
             stop: None,
+            stack_programs: DEFAULT_STACK_PROGRAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            floor: false,
+            only_programs: None,
         }
     }
 }
@@ -121,6 +137,9 @@ pub struct Summary {
     pub drops: u64,
     pub hit_cost: HitCost,
     pub groups: BTreeMap<ProbeGroup, GroupStats>,
+    /// Per attached program (eBPF program name), over the whole session: hits, and the
+    /// program's own mean run time per hit from the kernel's BPF run-time stats (when on).
+    pub program_hits: Vec<(&'static str, u64, Option<f64>)>,
 }
 
 pub fn monotonic_ns() -> u64 {
@@ -174,8 +193,15 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
     let bias = load_bias(pid, &binary)?;
     let exe_path = process::exe_path(pid)?;
     let plan = Plan::for_binary(&binary);
-    let offsets = loader::go_offsets(&binary, true)?;
+    let mut offsets = loader::go_offsets(&binary, true)?;
+    offsets.stack_slots = crate::probes::groups::PROGRAMS
+        .iter()
+        .filter(|p| opts.stack_programs.iter().any(|s| s == p.program))
+        .fold(0, |mask, p| mask | (1 << p.slot));
     let mut probes = Probes::load(pid, &exe_path, plan, offsets)?;
+    probes.set_floor(opts.floor);
+    probes.set_only(opts.only_programs.clone());
+    let mut stacks: std::collections::HashMap<u32, Vec<String>> = Default::default();
     let decoder = Decoder::new(&binary, bias);
 
     let notice = |notice: &'static str, message: String, action: Option<Action>| Notice {
@@ -289,7 +315,18 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                             decoder: &decoder,
                         });
                     } else {
-                        let decoded = decoder.decode(e);
+                        let mut decoded = decoder.decode(e);
+                        if e.stack_id != 0 {
+                            decoded.stack = stacks
+                                .entry(e.stack_id)
+                                .or_insert_with(|| {
+                                    probes
+                                        .stack(e.stack_id)
+                                        .map(|pcs| decoder.stack_text(&pcs))
+                                        .unwrap_or_default()
+                                })
+                                .clone();
+                        }
                         sink(Output::Event(&decoded));
                     }
                 }
@@ -392,6 +429,24 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
             .map(|p| final_hits[p.spec.slot as usize])
             .sum();
     }
+    let program_hits = probes
+        .plan()
+        .programs
+        .iter()
+        .filter(|p| stats.contains_key(&p.spec.group))
+        .filter(|p| {
+            opts.only_programs
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|o| o == p.spec.program))
+        })
+        .map(|p| {
+            let run_ns = probes
+                .program_stats(p.spec.program)
+                .filter(|(runs, _)| *runs > 0 && !opts.floor)
+                .map(|(runs, ns)| ns as f64 / runs as f64);
+            (p.spec.program, final_hits[p.spec.slot as usize], run_ns)
+        })
+        .collect();
     let drops = probes.drops();
     sink(Output::Notice(&notice(
         "detached",
@@ -406,6 +461,7 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
         drops,
         hit_cost,
         groups: stats,
+        program_hits,
     })
 }
 
