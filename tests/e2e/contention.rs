@@ -115,6 +115,25 @@ fn parse_value(v: &str) -> f64 {
 
 /// `go tool pprof -traces`: delay (ns) per first user frame (function name).
 fn delay_by_site(profile: &Path, go: &str) -> BTreeMap<String, f64> {
+    let mut sites = BTreeMap::new();
+    for (_, site, v) in traces(profile, go) {
+        *sites.entry(site).or_insert(0.0) += v;
+    }
+    sites
+}
+
+/// `go tool pprof -traces`: delay (ns) per (kind label, first user frame); the kind is empty
+/// in Go's own profiles, which have no labels.
+fn delay_by_kind_and_site(profile: &Path, go: &str) -> BTreeMap<(String, String), f64> {
+    let mut sites = BTreeMap::new();
+    for (kind, site, v) in traces(profile, go) {
+        *sites.entry((kind, site)).or_insert(0.0) += v;
+    }
+    sites
+}
+
+/// Each trace of `go tool pprof -traces -sample_index=delay`: (kind label, site, delay ns).
+fn traces(profile: &Path, go: &str) -> Vec<(String, String, f64)> {
     let out = Command::new("go")
         .args(["tool", "pprof", "-traces", "-sample_index=delay"])
         .arg(profile)
@@ -128,14 +147,19 @@ fn delay_by_site(profile: &Path, go: &str) -> BTreeMap<String, f64> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut sites = BTreeMap::new();
+    let mut traces = Vec::new();
     for block in text.split("-----------+").skip(1) {
         let mut value = None;
         let mut site = None;
+        let mut kind = String::new();
         for line in block.lines().skip(1) {
             let t = line.trim();
+            if let Some(k) = t.strip_prefix("kind:") {
+                kind = k.trim().trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
             if t.is_empty() || t.contains(":  ") || t.starts_with("---") {
-                continue; // a label line ("kind:  mutex") or the separator's tail
+                continue; // another label line or the separator's tail
             }
             let function = if value.is_none() {
                 let (v, f) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
@@ -150,10 +174,10 @@ fn delay_by_site(profile: &Path, go: &str) -> BTreeMap<String, f64> {
             }
         }
         if let (Some(v), Some(s)) = (value, site) {
-            *sites.entry(s).or_insert(0.0) += v;
+            traces.push((kind, s, v));
         }
     }
-    sites
+    traces
 }
 
 fn top(sites: &BTreeMap<String, f64>, n: usize) -> Vec<String> {
@@ -297,6 +321,124 @@ fn check_oracle(binary: &FixtureBinary) {
 fn profile_agrees_with_gos_block_and_mutex_profiles_and_names_the_holder() {
     for release in RELEASES {
         check_oracle(&fixture("contention_oracle", release, "plain"));
+    }
+}
+
+/// What sync_wait_oracle writes when its workload is done (the constants of its source).
+#[derive(serde::Deserialize, Debug)]
+struct SyncResult {
+    batches: u64,
+    collectors: u64,
+    shard_work_ns: u64,
+    subscribers: u64,
+    tickets: u64,
+    ticket_every_ns: u64,
+}
+
+/// WaitGroup and Cond waits on the real kernel: collectors wait on a WaitGroup in awaitShards
+/// for shards that sleep and call Done in runShard; subscribers wait on a Cond in awaitTicket
+/// for publishTickets' Broadcast. parkscope charges each wait to its site with its kind (also
+/// on Go < 1.24, where a WaitGroup wait parks as plain "semacquire"), names the waker site, and
+/// agrees with Go's own block profile of the same window.
+fn check_sync_waits(binary: &FixtureBinary) {
+    let ctx = format!("sync_wait_oracle {}", binary.go);
+    let running = RunningFixture::start(&binary.path);
+    let dir = &running.out_dir;
+    let out = dir.join("sync.pb.gz");
+    let pid = running.pid().to_string();
+    let mut profile = Bg::start(&[
+        "profile",
+        "--pid",
+        &pid,
+        "--duration",
+        "5m",
+        "-o",
+        out.to_str().unwrap(),
+        "--budget-percent",
+        "50",
+        "--no-calibrate",
+    ]);
+    profile.wait_for("attached", Duration::from_secs(30));
+    std::fs::write(dir.join("go"), b"").unwrap();
+    wait_for_file(&dir.join("sync_result.json"), Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stderr) = profile.interrupt();
+    assert_eq!(code, 0, "{ctx}: {stderr:#?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains("partial window")),
+        "{ctx}: the governor stepped in at a 50% budget: {stderr:#?}"
+    );
+    let known: SyncResult =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sync_result.json")).unwrap())
+            .unwrap();
+
+    // Waiting sites, with their kinds.
+    let waits = delay_by_kind_and_site(&out, &binary.go);
+    eprintln!("{ctx}: waiting {waits:?}");
+    let get = |m: &BTreeMap<(String, String), f64>, kind: &str, site: &str| {
+        m.get(&(kind.to_string(), site.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let wg = get(&waits, "waitgroup", "main.awaitShards");
+    let cond = get(&waits, "cond", "main.awaitTicket");
+    // Each collector waits for the shards' work in every batch, each subscriber for the next
+    // ticket; the waits start a little after the work does, so half of it is a safe floor.
+    let wg_floor = (known.batches * known.collectors * known.shard_work_ns) as f64 * 0.5;
+    let cond_floor = (known.subscribers * known.tickets * known.ticket_every_ns) as f64 * 0.5;
+    assert!(
+        wg >= wg_floor,
+        "{ctx}: WaitGroup waits {wg} < {wg_floor}: {waits:?}"
+    );
+    assert!(
+        cond >= cond_floor,
+        "{ctx}: Cond waits {cond} < {cond_floor}: {waits:?}"
+    );
+    for ((kind, site), v) in &waits {
+        if site == "main.awaitShards" {
+            assert_eq!(kind, "waitgroup", "{ctx}: {site} {v}: {waits:?}");
+        }
+    }
+
+    // Waker sites: the Done of the last shard, the Broadcast of the publisher.
+    let holders = delay_by_kind_and_site(&dir.join("sync.holders.pb.gz"), &binary.go);
+    eprintln!("{ctx}: wakers {holders:?}");
+    let by_done = get(&holders, "waitgroup", "main.runShard");
+    assert!(
+        (by_done / wg - 1.0).abs() <= MAX_RATIO_ERROR,
+        "{ctx}: runShard woke the collectors: {by_done} vs {wg}: {holders:?}"
+    );
+    let by_broadcast = get(&holders, "cond", "main.publishTickets");
+    assert!(
+        (by_broadcast / cond - 1.0).abs() <= MAX_RATIO_ERROR,
+        "{ctx}: publishTickets woke the subscribers: {by_broadcast} vs {cond}: {holders:?}"
+    );
+
+    // Go's block profile over the same window: the same sites, each within the margin.
+    let ours = delay_by_site(&out, &binary.go);
+    let go_block = delay_by_site(&dir.join("block.pprof"), &binary.go);
+    eprintln!("{ctx}: parkscope {ours:?}\n{ctx}: go        {go_block:?}");
+    let total: f64 = go_block.values().sum();
+    for (site, go) in go_block.iter().filter(|(_, v)| **v >= 0.05 * total) {
+        let mine = ours.get(site).copied().unwrap_or(0.0);
+        assert!(
+            (mine / go - 1.0).abs() <= MAX_RATIO_ERROR,
+            "{ctx}: {site}: parkscope {:.1}ms vs Go {:.1}ms",
+            mine / 1e6,
+            go / 1e6
+        );
+    }
+    let (mut a, mut b) = (top(&ours, 2), top(&go_block, 2));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "{ctx}: top-2 sites");
+    assert_eq!(a, vec!["main.awaitShards", "main.awaitTicket"], "{ctx}");
+}
+
+#[test]
+fn profile_attributes_waitgroup_and_cond_waits_and_names_their_wakers() {
+    for release in RELEASES {
+        check_sync_waits(&fixture("sync_wait_oracle", release, "plain"));
     }
 }
 

@@ -141,7 +141,7 @@ pub fn observe(decoder: &dyn EventDecoder, e: &Event) -> Obs {
     let decoded = decoder.decode(e);
     let op = match e.kind {
         kind::PARK => Op::Park {
-            reason: decoded.reason.clone().unwrap_or_default(),
+            reason: refine_reason(decoder, e, decoded.reason.clone().unwrap_or_default()),
             object: decoded.object.clone(),
         },
         kind::WAKE => Op::Wake { woken: e.peer_goid },
@@ -185,6 +185,26 @@ pub fn observe(decoder: &dyn EventDecoder, e: &Event) -> Obs {
         op,
         stack: stack.into_iter().map(conv).collect(),
         innermost: innermost.map(conv),
+    }
+}
+
+/// Before Go 1.24 a goroutine in `(*sync.WaitGroup).Wait` parks as plain "semacquire" (1.24
+/// added "sync.WaitGroup.Wait"): the park's own frames tell the two apart.
+fn refine_reason(decoder: &dyn EventDecoder, e: &Event, reason: String) -> String {
+    if reason != "semacquire" {
+        return reason;
+    }
+    let in_wait_group = e.frames.iter().any(|&pc| {
+        pc != 0
+            && decoder
+                .user_stack(&[pc])
+                .1
+                .is_some_and(|f| f.function == "sync.(*WaitGroup).Wait")
+    });
+    if in_wait_group {
+        "sync.WaitGroup.Wait".to_string()
+    } else {
+        reason
     }
 }
 
@@ -392,6 +412,37 @@ pub struct Accountant {
     /// Wakes of goroutines whose park we did not see (parked before attach or in a gap).
     pub unmatched_wakes: u64,
     pub gaps: Vec<Gap>,
+    /// Charges whose waker released nothing a probe sees (Cond Signal/Broadcast), by waker
+    /// goroutine: charged once the waker's next event names the code it runs (see `feed`).
+    deferred: HashMap<u64, Vec<Charge>>,
+}
+
+/// Waker goroutines whose charges may wait for their next event at once.
+const MAX_DEFERRED_WAKERS: usize = 1024;
+
+/// Kinds whose waker site may come from the waker's next event: no probe sees the release
+/// itself (a Cond's Signal and Broadcast readies the waiters directly). Channel wakers are named
+/// by the channels group instead.
+fn waker_site_deferrable(kind: WaitKind) -> bool {
+    !matches!(
+        kind,
+        WaitKind::ChanRecv | WaitKind::ChanSend | WaitKind::Select
+    )
+}
+
+/// The waker's code from one of its later events: its stack without the blocking machinery
+/// it may have entered since (time.Sleep, runtime, sync).
+fn code_of(stack: &[Frame]) -> Vec<Frame> {
+    let skip = stack
+        .iter()
+        .take_while(|f| {
+            f.function.starts_with("time.")
+                || f.function.starts_with("runtime.")
+                || f.function.starts_with("sync.")
+                || f.function.starts_with("internal/")
+        })
+        .count();
+    stack[skip..].to_vec()
 }
 
 impl Accountant {
@@ -403,6 +454,17 @@ impl Accountant {
     }
 
     pub fn feed(&mut self, o: &Obs) {
+        // A waker whose release no probe saw: its next event in the same run slice (the next
+        // one with a user stack, or its park) names the code it was running when it woke them.
+        if o.goid != 0 && self.deferred.contains_key(&o.goid) {
+            let code = code_of(&o.stack);
+            if !code.is_empty() || matches!(o.op, Op::Park { .. }) {
+                for mut c in self.deferred.remove(&o.goid).unwrap_or_default() {
+                    c.waker_stack = code.clone();
+                    self.charge(c);
+                }
+            }
+        }
         match &o.op {
             Op::Park { reason, object } => {
                 self.goroutines.entry(o.goid).or_default().park_seen = true;
@@ -501,7 +563,15 @@ impl Accountant {
                         waker_stack: waker_stack.clone(),
                         ns,
                     };
-                    self.charge(charge);
+                    if waker_stack.is_empty() && o.goid != 0 && waker_site_deferrable(q.kind) {
+                        // Bounded: wakers that exit without another event are charged unknown.
+                        if self.deferred.len() >= MAX_DEFERRED_WAKERS {
+                            self.flush_deferred();
+                        }
+                        self.deferred.entry(o.goid).or_default().push(charge);
+                    } else {
+                        self.charge(charge);
+                    }
                 }
                 self.clear_pending_keep(*woken);
                 let Some(p) = self
@@ -587,9 +657,20 @@ impl Accountant {
         }
     }
 
+    /// Charge what still waits for its waker's next event to the unknown site (end of a
+    /// profile; a gap in the park group).
+    pub fn flush_deferred(&mut self) {
+        let mut deferred: Vec<(u64, Vec<Charge>)> = self.deferred.drain().collect();
+        deferred.sort_by_key(|(goid, _)| *goid);
+        for c in deferred.into_iter().flat_map(|(_, cs)| cs) {
+            self.charge(c);
+        }
+    }
+
     /// A probe group went away at `ts_ns`: waits in flight can no longer be timed.
     pub fn gap_start(&mut self, group: &str, ts_ns: u64) {
         if group == "park" {
+            self.flush_deferred();
             self.waiters.clear();
             for g in self.goroutines.values_mut() {
                 g.pending = None;
@@ -776,6 +857,61 @@ mod tests {
 
     fn wake(ts: u64, waker: u64, woken: u64) -> Obs {
         obs(ts, waker, Op::Wake { woken }, None)
+    }
+
+    #[test]
+    fn cond_waker_site_is_the_wakers_code_at_its_next_stop() {
+        let mut a = Accountant::new(true);
+        // Two subscribers wait on a Cond; goroutine 9 broadcasts (no release event: nothing
+        // probes Signal/Broadcast), then sleeps in its loop.
+        a.feed(&park(
+            100,
+            1,
+            "sync.Cond.Wait",
+            Some(frame("main.await", 10)),
+        ));
+        a.feed(&park(
+            110,
+            2,
+            "sync.Cond.Wait",
+            Some(frame("main.await", 10)),
+        ));
+        a.feed(&wake(500, 9, 1));
+        a.feed(&wake(510, 9, 2));
+        assert!(
+            a.by_holder.is_empty(),
+            "charged once the waker's code is known"
+        );
+        assert_eq!(
+            a.by_site.len(),
+            1,
+            "the waits themselves are accounted at once"
+        );
+        let sleep = Obs {
+            stack: vec![frame("time.Sleep", 1), frame("main.publish", 30)],
+            ..park(520, 9, "sleep", None)
+        };
+        a.feed(&sleep);
+        let holders: Vec<(&str, u64)> = a
+            .by_holder
+            .iter()
+            .map(|((_, f), s)| (f.function.as_str(), s.hist.total_ns))
+            .collect();
+        assert_eq!(holders, vec![("main.publish", 400 + 390 + 10)]);
+        // A waker that never shows up again is charged to the unknown site at the end.
+        a.feed(&park(
+            600,
+            3,
+            "sync.Cond.Wait",
+            Some(frame("main.await", 10)),
+        ));
+        a.feed(&wake(700, 11, 3));
+        a.flush_deferred();
+        assert!(
+            a.by_holder
+                .keys()
+                .any(|(k, f)| *k == WaitKind::Cond && f.function == UNKNOWN_SITE)
+        );
     }
 
     #[test]

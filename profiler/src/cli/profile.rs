@@ -254,6 +254,7 @@ pub fn run(args: ProfileArgs) -> Result<i32, InspectError> {
     let start_ns = session::monotonic_ns();
     let summary: Summary = session::run(&opts, |item| account(&mut acc, &item, false))?;
     let end_ns = session::monotonic_ns();
+    acc.flush_deferred();
     for g in acc.gaps.iter_mut() {
         if g.to_ns.is_none() {
             g.to_ns = Some(end_ns);
