@@ -286,10 +286,6 @@ fn leaks_match_ground_truth_on_every_fixture_and_version_with_no_false_positive(
 /// other miss fails the test. A miss line reads "<fixture> <release> <variant>: missed goid …".
 fn known_gap(miss: &str) -> Option<&'static str> {
     match miss.split_whitespace().next()? {
-        // A tiny mutex shares its 16-byte block with a live object (Go's own detector too).
-        "heap_shapes" if miss.contains("[sync.Mutex.Lock]") && miss.contains("tiny mutex") => {
-            Some("a tiny mutex sharing its block with a live object looks reachable")
-        }
         // The cycle runs through a channel still reachable from live goroutines (a global).
         "lock_held_across_send" => Some("waits through a reachable channel are not proven stuck"),
         _ => None,

@@ -32,7 +32,7 @@ use crate::analysis::stackscan::{StackScanStats, StackScanner};
 use crate::error::InspectError;
 use crate::goruntime::globals::SEMTABLE_SIZE;
 use crate::goruntime::goroutines::{self, RawG, read_sudog};
-use crate::goruntime::heap::{self, Heap, HeapLayout};
+use crate::goruntime::heap::{self, AddrSet, Heap, HeapLayout};
 use crate::goruntime::layout::Field;
 use crate::goruntime::snapshot::{self, Target};
 use crate::model::{BlockedOn, Frame, Goroutine, Location, ObjectKind, Op, Snapshot, Status};
@@ -470,7 +470,7 @@ pub fn scan_once_with_roots(
     let raw_of: HashMap<u64, &RawG> = raw.iter().map(|g| (g.addr, g)).collect();
     name_cond_waits(lt, mem, &mut snapshot, &raw_of);
 
-    let mut skip: HashSet<u64> = g_addrs.iter().copied().collect();
+    let mut skip: AddrSet = g_addrs.iter().copied().collect();
     skip.extend(sudogs(target, mem, &raw));
 
     let main_goid = 1;
@@ -503,6 +503,9 @@ pub fn scan_once_with_roots(
     let ps = p_records(lt, mem);
     skip.extend(ps.iter().filter_map(|&p| heap.object_of(p).map(|o| o.base)));
     let mut marker = Marker::new(mem, &mut heap, skip);
+    if std::env::var_os("PARKSCOPE_LEAKS_DEBUG").is_some() {
+        marker.record_origins();
+    }
     for &(lo, hi) in &lt.globals {
         marker.scan_globals(lo, hi);
     }
@@ -542,7 +545,7 @@ pub fn scan_once_with_roots(
             blocked.into_iter().partition(|g| {
                 g.blocked_on
                     .iter()
-                    .any(|b| marker.is_marked_or_outside_heap(b.addr))
+                    .any(|b| marker.may_reach(b.addr, value_size(b.kind)))
             });
         blocked = still;
         if wakeable.is_empty() {
@@ -615,6 +618,16 @@ pub fn scan_once_with_roots(
         flags,
         stats,
     })
+}
+
+/// The size of the value a goroutine waits on, where it is fixed and small enough to matter
+/// inside a tiny-allocator block (`sync.Mutex`: two 32-bit words in every supported release);
+/// `u64::MAX` when the whole heap object counts.
+fn value_size(kind: ObjectKind) -> u64 {
+    match kind {
+        ObjectKind::Mutex => 8,
+        _ => u64::MAX,
+    }
 }
 
 /// Lock waiters that can never proceed: on a wait cycle through lock holders, or behind a
@@ -830,8 +843,10 @@ pub const LIMITATIONS: &[&str] = &[
     "running goroutines' stacks are scanned whole and conservatively (their registers and \
      live frames are not knowable from outside): a stale pointer there can hide a leak, never \
      invent one",
-    "a tiny mutex (8 bytes, in a 16-byte tiny-allocator block shared with a live object) looks \
-     reachable, as it does to Go's own detector: its waiters stay `blocked`",
+    "a tiny mutex (8 bytes, in a 16-byte tiny-allocator block) is told apart from a live \
+     neighbour only when it is the block's front half (a pointer to the back half cannot reach \
+     it in safe Go); in the back half it may be a field of one 16-byte struct with the front, \
+     so a live front keeps it reachable, as Go's own detector sees the whole block",
 ];
 
 /// When a cluster of blocked goroutines becomes `suspect`. Defaults: 100 goroutines parked at

@@ -3,19 +3,29 @@
 //!
 //! Every aligned word of a root range that points into an in-use heap span marks the object whose
 //! slot contains it; marked objects in scan (not pointer-free) spans are read and scanned the same
-//! way, until nothing new is marked. Objects in the `skip` set (g records and sudogs: the
+//! way, until nothing new is marked. Small-object spans are scanned a span at a time, as Go's own
+//! "green tea" collector does: a span with newly marked objects waits in a queue while more of
+//! its objects get marked, then is read in one piece and every marked, unscanned object in it is
+//! scanned. Each remote range costs the kernel a VMA lookup and a page pin, which made reading
+//! objects one by one the larger half of a scan.
+//!
+//! Objects in the `skip` set (g records and sudogs: the
 //! runtime's back-links from goroutines to what they wait on) are marked but never scanned.
 //!
 //! Over-approximating reachability (a stale word that happens to look like a pointer) can only
 //! hide a leak, never invent one.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 
-use crate::goruntime::heap::{AddrMap, AddrSet, Heap, HeapObject};
-use crate::remote::memory::Memory;
+use crate::goruntime::heap::{AddrMap, AddrSet, Heap, HeapObject, Span, SpanId};
+use crate::remote::memory::{Memory, give_back, scratch_buffer};
 
-/// Objects read per `read_many` batch.
+/// Large objects read per `read_many` batch.
 const BATCH_OBJECTS: usize = 2048;
+/// Spans read per `read_many` batch, and the largest span read whole (every small size class's
+/// span is smaller; larger spans hold one large object, read in chunks).
+const BATCH_SPANS: usize = 512;
+const WHOLE_SPAN_MAX: u64 = 128 << 10;
 /// Large objects and root ranges are read in pieces of at most this size.
 const CHUNK: u64 = 1 << 20;
 /// Globals are read in one piece up to this size (larger: in chunks, without the g-record filter).
@@ -37,12 +47,19 @@ pub struct MarkStats {
 pub struct Marker<'h, 'm> {
     mem: &'m dyn Memory,
     pub heap: &'h mut Heap<'m>,
-    skip: HashSet<u64>,
-    marked: AddrSet,
+    skip: AddrSet,
+    marks: MarkBits,
+    /// Marked objects of large-object spans, to scan.
     queue: Vec<HeapObject>,
+    /// Small-object spans with marked, unscanned objects, first come first read, and the spans
+    /// they hold (by id) with the span itself.
+    grey_spans: VecDeque<(SpanId, Span)>,
+    queued: Vec<bool>,
     pub stats: MarkStats,
     /// Why each object was marked: the object (or root, as a label) whose word pointed to it.
-    pub parent: AddrMap<Origin>,
+    /// Recorded only when asked for ([`Marker::record_origins`]): it costs a map insert per
+    /// object.
+    parent: Option<AddrMap<Origin>>,
     /// The root being scanned, for `parent`.
     pub root: &'static str,
     pub root_id: i64,
@@ -59,20 +76,27 @@ pub enum Origin {
 }
 
 impl<'h, 'm> Marker<'h, 'm> {
-    pub fn new(mem: &'m dyn Memory, heap: &'h mut Heap<'m>, skip: HashSet<u64>) -> Self {
+    pub fn new(mem: &'m dyn Memory, heap: &'h mut Heap<'m>, skip: AddrSet) -> Self {
         Marker {
             mem,
             heap,
             skip,
-            marked: AddrSet::default(),
+            marks: MarkBits::default(),
             queue: Vec::new(),
+            grey_spans: VecDeque::new(),
+            queued: Vec::new(),
             stats: MarkStats::default(),
-            parent: AddrMap::default(),
+            parent: None,
             root: "globals",
             root_id: 0,
             current: None,
             word_addr: 0,
         }
+    }
+
+    /// Remember why each object gets marked, for [`Marker::path_to`].
+    pub fn record_origins(&mut self) {
+        self.parent.get_or_insert_default();
     }
 
     /// Treat `word` as a possible pointer.
@@ -83,16 +107,33 @@ impl<'h, 'm> Marker<'h, 'm> {
         let Some(object) = self.heap.object_of(word) else {
             return;
         };
-        if !self.marked.insert(object.base) {
+        if is_tiny_block(&object.span) && word - object.base < TINY_FRONT {
+            self.marks.set_front(&object);
+        }
+        if !self.marks.insert(&object) {
             return;
         }
         self.stats.objects_marked += 1;
-        let origin = match self.current {
-            Some(parent) => Origin::Object(parent),
-            None => Origin::Root(self.root, self.root_id, self.word_addr),
-        };
-        self.parent.insert(object.base, origin);
-        if !object.span.noscan && !self.skip.contains(&object.base) {
+        if let Some(parent) = &mut self.parent {
+            let origin = match self.current {
+                Some(object) => Origin::Object(object),
+                None => Origin::Root(self.root, self.root_id, self.word_addr),
+            };
+            parent.insert(object.base, origin);
+        }
+        if object.span.noscan {
+            return;
+        }
+        if read_whole(&object.span) {
+            let id = object.span_id as usize;
+            if self.queued.len() <= id {
+                self.queued.resize(id + 1, false);
+            }
+            if !self.queued[id] {
+                self.queued[id] = true;
+                self.grey_spans.push_back((object.span_id, object.span));
+            }
+        } else if !self.skip.contains(&object.base) {
             self.queue.push(object);
         }
     }
@@ -157,40 +198,106 @@ impl<'h, 'm> Marker<'h, 'm> {
 
     /// Scan everything reachable from what was marked so far.
     pub fn drain(&mut self) {
-        while !self.queue.is_empty() {
-            let take = self.queue.len().min(BATCH_OBJECTS);
-            let batch: Vec<HeapObject> = self.queue.drain(self.queue.len() - take..).collect();
-            // (addr, len) pieces: small objects whole, large ones in chunks.
-            let mut pieces: Vec<(u64, u64)> = Vec::with_capacity(batch.len());
-            for o in &batch {
-                let end = o.span.object_end(o.base);
-                let mut at = o.base;
-                while at < end {
-                    let len = (end - at).min(CHUNK);
-                    pieces.push((at, len));
-                    at += len;
-                }
-            }
-            let mut buffers: Vec<Vec<u8>> = pieces
-                .iter()
-                .map(|&(_, len)| vec![0u8; len as usize])
-                .collect();
-            let mut requests: Vec<(u64, &mut [u8])> = pieces
-                .iter()
-                .zip(buffers.iter_mut())
-                .map(|(&(addr, _), b)| (addr, b.as_mut_slice()))
-                .collect();
-            let results = self.mem.read_many(&mut requests);
-            drop(requests);
-            for ((buffer, result), &(addr, _)) in buffers.iter().zip(results).zip(&pieces) {
-                self.current = self.heap.object_of(addr).map(|o| o.base);
-                match result {
-                    Ok(()) => self.scan_bytes(buffer, addr),
-                    Err(_) => self.stats.unreadable += 1,
-                }
-            }
-            self.current = None;
+        while !self.grey_spans.is_empty() || !self.queue.is_empty() {
+            self.drain_spans();
+            self.drain_large_objects();
         }
+    }
+
+    /// Read a batch of grey spans whole and scan their marked, unscanned objects.
+    fn drain_spans(&mut self) {
+        let mut batch: Vec<(SpanId, Span)> = Vec::with_capacity(BATCH_SPANS);
+        while batch.len() < BATCH_SPANS
+            && let Some((id, span)) = self.grey_spans.pop_front()
+        {
+            self.queued[id as usize] = false;
+            batch.push((id, span));
+        }
+        let total: usize = batch
+            .iter()
+            .map(|(_, s)| (s.limit - s.start) as usize)
+            .sum();
+        let mut buffer = scratch_buffer(total);
+        let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(batch.len());
+        let mut rest = buffer.as_mut_slice();
+        for (_, span) in &batch {
+            let (piece, tail) = rest.split_at_mut((span.limit - span.start) as usize);
+            requests.push((span.start, piece));
+            rest = tail;
+        }
+        let results = self.mem.read_many(&mut requests);
+        drop(requests);
+        let mut offset = 0usize;
+        for (result, (id, span)) in results.into_iter().zip(batch) {
+            let bytes = offset..offset + (span.limit - span.start) as usize;
+            offset = bytes.end;
+            match result {
+                Ok(()) => self.scan_span(id, &span, &buffer[bytes]),
+                Err(_) => {
+                    self.stats.unreadable += 1;
+                    // Nothing more to learn from it: settle its objects as scanned.
+                    while self.marks.take_unscanned(id, span.nelems).is_some() {}
+                }
+            }
+        }
+        self.current = None;
+        give_back(buffer);
+    }
+
+    /// Scan the marked, unscanned objects of a span from its bytes, including the ones marked
+    /// while doing so.
+    fn scan_span(&mut self, id: SpanId, span: &Span, bytes: &[u8]) {
+        while let Some(index) = self.marks.take_unscanned(id, span.nelems) {
+            let base = span.start + index * span.elemsize;
+            if self.skip.contains(&base) {
+                continue;
+            }
+            let from = (base - span.start) as usize;
+            let to = (span.object_end(base) - span.start) as usize;
+            self.current = Some(base);
+            self.scan_bytes(&bytes[from..to], base);
+        }
+    }
+
+    /// Read and scan a batch of queued objects of large-object spans.
+    fn drain_large_objects(&mut self) {
+        let take = self.queue.len().min(BATCH_OBJECTS);
+        let batch: Vec<HeapObject> = self.queue.drain(self.queue.len() - take..).collect();
+        // (object base, addr, len) pieces: large objects in chunks.
+        let mut pieces: Vec<(u64, u64, u64)> = Vec::with_capacity(batch.len());
+        for o in &batch {
+            let end = o.span.object_end(o.base);
+            let mut at = o.base;
+            while at < end {
+                let len = (end - at).min(CHUNK);
+                pieces.push((o.base, at, len));
+                at += len;
+            }
+        }
+        // One buffer for the batch, cut into the pieces in order.
+        let total: usize = pieces.iter().map(|&(_, _, len)| len as usize).sum();
+        let mut buffer = scratch_buffer(total);
+        let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len());
+        let mut rest = buffer.as_mut_slice();
+        for &(_, addr, len) in &pieces {
+            let (piece, tail) = rest.split_at_mut(len as usize);
+            requests.push((addr, piece));
+            rest = tail;
+        }
+        let results = self.mem.read_many(&mut requests);
+        drop(requests);
+        let mut offset = 0usize;
+        for (result, &(base, addr, len)) in results.into_iter().zip(&pieces) {
+            let piece = offset..offset + len as usize;
+            offset = piece.end;
+            self.current = Some(base);
+            match result {
+                Ok(()) => self.scan_bytes(&buffer[piece], addr),
+                Err(_) => self.stats.unreadable += 1,
+            }
+        }
+        self.current = None;
+        give_back(buffer);
     }
 
     /// Whether the object containing `addr` was marked, or `addr` is not a heap object at all
@@ -198,7 +305,25 @@ impl<'h, 'm> Marker<'h, 'm> {
     pub fn is_marked_or_outside_heap(&mut self, addr: u64) -> bool {
         match self.heap.object_of(addr) {
             None => true,
-            Some(object) => self.marked.contains(&object.base),
+            Some(object) => self.marks.contains(&object),
+        }
+    }
+
+    /// [`Marker::is_marked_or_outside_heap`] for a value of `len` bytes at `addr`, finer than
+    /// the GC inside tiny-allocator blocks: Go packs small pointer-free objects (a `sync.Mutex`
+    /// among them) into one 16-byte block, and a live neighbour marks the whole block. A value
+    /// at the front of its block, no longer than the front half, is reachable only if some word
+    /// points into that half: safe Go cannot step from a later field or object back to an
+    /// earlier one (only `unsafe` arithmetic inside one allocation could).
+    pub fn may_reach(&mut self, addr: u64, len: u64) -> bool {
+        match self.heap.object_of(addr) {
+            None => true,
+            Some(object)
+                if is_tiny_block(&object.span) && addr == object.base && len <= TINY_FRONT =>
+            {
+                self.marks.front_contains(&object)
+            }
+            Some(object) => self.marks.contains(&object),
         }
     }
 
@@ -208,8 +333,12 @@ impl<'h, 'm> Marker<'h, 'm> {
         let Some(mut at) = self.heap.object_of(addr).map(|o| o.base) else {
             return out;
         };
+        let Some(parent) = &self.parent else {
+            out.push("origins not recorded".to_string());
+            return out;
+        };
         for _ in 0..64 {
-            match self.parent.get(&at) {
+            match parent.get(&at) {
                 Some(Origin::Object(p)) => {
                     out.push(format!("{at:#x} <- object {p:#x}"));
                     at = *p;
@@ -225,7 +354,108 @@ impl<'h, 'm> Marker<'h, 'm> {
     }
 
     pub fn marked_count(&self) -> usize {
-        self.marked.len()
+        self.stats.objects_marked as usize
+    }
+}
+
+/// The size of the tiny allocator's blocks (`maxTinySize`), and the front half of one.
+const TINY_BLOCK: u64 = 16;
+const TINY_FRONT: u64 = 8;
+
+/// Whether `span` holds tiny-allocator blocks: 16-byte pointer-free objects (the size class
+/// also holds single 16-byte objects; for those the front-half rule is just as sound).
+fn is_tiny_block(span: &Span) -> bool {
+    span.noscan && span.elemsize == TINY_BLOCK
+}
+
+/// Whether a span is read whole when its objects are scanned.
+fn read_whole(span: &Span) -> bool {
+    span.nelems > 1 && span.limit - span.start <= WHOLE_SPAN_MAX
+}
+
+/// One mark bit and one scanned bit per object slot, in flat arrays with a run of words per
+/// span id: a test-and-set is two array loads and a bit operation, where a set of addresses was
+/// a hash probe into a table as large as the heap's object count.
+#[derive(Default)]
+struct MarkBits {
+    /// Per span id: index of the span's first word in `marked` and `scanned`, or `UNALLOCATED`.
+    first_word: Vec<u32>,
+    marked: Vec<u64>,
+    /// Set once a marked object of a whole-read span has been scanned.
+    scanned: Vec<u64>,
+    /// Tiny-allocator blocks only: set when a word points into the block's front half.
+    front: Vec<u64>,
+}
+
+const UNALLOCATED: u32 = u32::MAX;
+
+impl MarkBits {
+    /// Mark `object`; false when it was marked already.
+    fn insert(&mut self, object: &HeapObject) -> bool {
+        let at = self.word_of(object.span_id, object.span.nelems) + (object.index / 64) as usize;
+        let bit = 1u64 << (object.index % 64);
+        let fresh = self.marked[at] & bit == 0;
+        self.marked[at] |= bit;
+        fresh
+    }
+
+    fn contains(&self, object: &HeapObject) -> bool {
+        match self.first_word.get(object.span_id as usize) {
+            Some(&first) if first != UNALLOCATED => {
+                let at = first as usize + (object.index / 64) as usize;
+                self.marked[at] & (1 << (object.index % 64)) != 0
+            }
+            _ => false,
+        }
+    }
+
+    fn set_front(&mut self, object: &HeapObject) {
+        let at = self.word_of(object.span_id, object.span.nelems) + (object.index / 64) as usize;
+        self.front[at] |= 1 << (object.index % 64);
+    }
+
+    fn front_contains(&self, object: &HeapObject) -> bool {
+        match self.first_word.get(object.span_id as usize) {
+            Some(&first) if first != UNALLOCATED => {
+                let at = first as usize + (object.index / 64) as usize;
+                self.front[at] & (1 << (object.index % 64)) != 0
+            }
+            _ => false,
+        }
+    }
+
+    /// A marked object of span `id` not scanned yet, now counted as scanned.
+    fn take_unscanned(&mut self, id: SpanId, nelems: u32) -> Option<u64> {
+        let first = *self.first_word.get(id as usize)?;
+        if first == UNALLOCATED {
+            return None;
+        }
+        let first = first as usize;
+        for w in 0..nelems.div_ceil(64) as usize {
+            let pending = self.marked[first + w] & !self.scanned[first + w];
+            if pending != 0 {
+                let bit = pending.trailing_zeros();
+                self.scanned[first + w] |= 1 << bit;
+                return Some(w as u64 * 64 + u64::from(bit));
+            }
+        }
+        None
+    }
+
+    /// Index of the first word of span `id`'s bits, allocating them on its first mark.
+    fn word_of(&mut self, id: SpanId, nelems: u32) -> usize {
+        let id = id as usize;
+        if self.first_word.len() <= id {
+            self.first_word.resize(id + 1, UNALLOCATED);
+        }
+        if self.first_word[id] == UNALLOCATED {
+            self.first_word[id] = self.marked.len() as u32;
+            let len = self.marked.len() + nelems.div_ceil(64) as usize;
+            self.marked.resize(len, 0);
+            self.scanned.resize(len, 0);
+            self.front.resize(len, 0);
+        }
+        self.first_word[id] as usize
     }
 }
 
@@ -330,7 +560,7 @@ mod tests {
         );
 
         let mut heap = Heap::new(&mem, layout(), mheap).unwrap();
-        let skip: HashSet<u64> = [obj(2)].into_iter().collect();
+        let skip: AddrSet = [obj(2)].into_iter().collect();
         let mut marker = Marker::new(&mem, &mut heap, skip);
         marker.scan_range(0x5000, 0x5010);
         marker.drain();
@@ -352,5 +582,42 @@ mod tests {
         assert!(marker.is_marked_or_outside_heap(base + PAGE_SIZE));
         assert!(marker.is_marked_or_outside_heap(0x5008));
         assert_eq!(marker.marked_count(), 4);
+    }
+
+    /// A mutex at the front of a tiny block whose back half holds a live counter is not
+    /// reachable through the counter; one at the back is (the block may be one struct).
+    #[test]
+    fn tiny_blocks_are_reachable_per_front_half() {
+        let (mut mem, mheap, base) = heap_memory();
+        // Replace page 1 (noscan, 32-byte) with a tiny-allocator page of 16-byte blocks.
+        mem.add(0x31000, span_record(base + PAGE_SIZE, 512, 16, true));
+        let block = |i: u64| base + PAGE_SIZE + 16 * i;
+        // Roots: the back half of block 0, the front of block 1, the back half of block 2.
+        mem.add(
+            0x5000,
+            [block(0) + 8, block(1), block(2) + 8]
+                .map(u64::to_le_bytes)
+                .concat(),
+        );
+        let mut heap = Heap::new(&mem, layout(), mheap).unwrap();
+        let mut marker = Marker::new(&mem, &mut heap, AddrSet::default());
+        marker.scan_range(0x5000, 0x5018);
+        marker.drain();
+        assert!(
+            !marker.may_reach(block(0), 8),
+            "only its neighbour is referenced"
+        );
+        assert!(
+            marker.may_reach(block(0), u64::MAX),
+            "the GC's view: the block is marked"
+        );
+        assert!(marker.may_reach(block(1), 8));
+        assert!(
+            marker.may_reach(block(2) + 8, 8),
+            "the back half is what is referenced"
+        );
+        assert!(!marker.may_reach(block(3), 8), "never referenced");
+        // Outside tiny blocks the whole object counts, as before.
+        assert!(!marker.may_reach(base + 4 * 32, 8));
     }
 }

@@ -108,37 +108,38 @@ pub fn find_mheap(binary: &GoBinary<'_>, layout: &HeapLayout) -> Option<u64> {
         .map(|(a, _)| a)
 }
 
-/// One span, validated.
+/// One span, validated: only what address lookups need, 32 bytes, so that the span table the
+/// marker hits at random stays small in cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
-    /// Address of the mspan record itself.
-    pub addr: u64,
     pub start: u64,
-    pub npages: u64,
-    pub nelems: u64,
     pub elemsize: u64,
     pub limit: u64,
+    /// `mspan.nelems` is a uint16.
+    pub nelems: u32,
     /// Pointer-free size class: nothing inside needs scanning.
     pub noscan: bool,
 }
 
 impl Span {
-    /// Base of the object slot containing `addr` (which must lie in `[start, limit)`).
-    pub fn object_base(&self, addr: u64) -> u64 {
-        self.start + (addr - self.start) / self.elemsize * self.elemsize
-    }
-
     /// End of the object at `base`, bounded by the span's limit (never the bitmaps after it).
     pub fn object_end(&self, base: u64) -> u64 {
         (base + self.elemsize).min(self.limit)
     }
 }
 
-/// A heap object: its slot and the span it lives in.
+/// Index of a span in the order [`Heap`] first resolved it: dense, so per-span state (the
+/// marker's mark bits) lives in plain vectors rather than hash maps keyed by address.
+pub type SpanId = u32;
+
+/// A heap object: its slot, its index in the span, and the span it lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeapObject {
     pub base: u64,
     pub span: Span,
+    pub span_id: SpanId,
+    /// Slot number within the span (`(base - start) / elemsize`).
+    pub index: u64,
 }
 
 /// A hasher for addresses: one multiply and a fold. The marker does millions of set operations
@@ -170,17 +171,43 @@ impl Hasher for AddrHasher {
 pub type AddrMap<V> = HashMap<u64, V, BuildHasherDefault<AddrHasher>>;
 pub type AddrSet = HashSet<u64, BuildHasherDefault<AddrHasher>>;
 
+/// A page's entry in [`ArenaPages::slots`]: not looked up yet, no in-use span, or a span id + 2.
+const PAGE_UNRESOLVED: u32 = 0;
+const PAGE_NO_SPAN: u32 = 1;
+const PAGE_FIRST_SPAN: u32 = 2;
+
+/// One heap arena's page → span table as read from the target, and which span each page
+/// resolved to.
+struct ArenaPages {
+    /// `heapArena.spans`: the `*mspan` of every page.
+    span_ptrs: Box<[u64]>,
+    /// `PAGE_*` or span id + `PAGE_FIRST_SPAN`, per page.
+    slots: Box<[u32]>,
+}
+
 /// Address lookups through `mheap_.arenas`, with everything read cached for one scan.
+///
+/// The marker asks for the span of every word that might be a pointer, millions of times per
+/// scan, so the hot path is array indexing: arena (hash of a handful of entries, or the last
+/// one) → page slot → span by dense id.
 pub struct Heap<'a> {
     mem: &'a dyn Memory,
     layout: HeapLayout,
     /// Run-time address of the L2 array (`mheap_.arenas[0]`).
     l2: u64,
-    /// Arena index → the arena's span table (one `*mspan` per page), None when not a heap arena.
-    arenas: AddrMap<Option<Vec<u64>>>,
-    spans: AddrMap<Option<Span>>,
+    /// Arena index → position in `arena_pages`, None when not a heap arena.
+    arena_index: AddrMap<Option<u32>>,
+    arena_pages: Vec<ArenaPages>,
+    /// The arena of the last lookup (index, position).
+    last_arena: Option<(u64, u32)>,
+    /// The arena index of the last lookup that found no heap arena: most words that are not
+    /// pointers (counters, lengths, hashes) share a few arena indices.
+    last_miss_arena: Option<u64>,
+    /// Spans by id, and `*mspan` → id (None: not an in-use, consistent span).
+    spans: Vec<Span>,
+    span_ids: AddrMap<Option<SpanId>>,
     /// The span of the last lookup: consecutive addresses mostly fall in the same span.
-    last: Option<Span>,
+    last: Option<(SpanId, Span)>,
     pub bytes_read: u64,
     pub reads: u64,
 }
@@ -196,8 +223,12 @@ impl<'a> Heap<'a> {
             mem,
             layout,
             l2,
-            arenas: AddrMap::default(),
-            spans: AddrMap::default(),
+            arena_index: AddrMap::default(),
+            arena_pages: Vec::new(),
+            last_arena: None,
+            last_miss_arena: None,
+            spans: Vec::new(),
+            span_ids: AddrMap::default(),
             last: None,
             bytes_read: 8,
             reads: 1,
@@ -208,15 +239,42 @@ impl<'a> Heap<'a> {
         addr.wrapping_add(ARENA_BASE_SHIFT) >> 26
     }
 
-    fn span_table(&mut self, idx: u64) -> Option<&Vec<u64>> {
-        if !self.arenas.contains_key(&idx) {
-            let table = self.read_span_table(idx);
-            self.arenas.insert(idx, table);
-        }
-        self.arenas.get(&idx).and_then(Option::as_ref)
+    /// How many spans have ids so far (every id is below this).
+    pub fn span_count(&self) -> usize {
+        self.spans.len()
     }
 
-    fn read_span_table(&mut self, idx: u64) -> Option<Vec<u64>> {
+    /// Position in `arena_pages` of arena `idx`, reading its span table the first time.
+    fn arena(&mut self, idx: u64) -> Option<u32> {
+        if let Some((last, pos)) = self.last_arena
+            && last == idx
+        {
+            return Some(pos);
+        }
+        if self.last_miss_arena == Some(idx) {
+            return None;
+        }
+        let pos = match self.arena_index.get(&idx) {
+            Some(pos) => *pos,
+            None => {
+                let pos = self.read_span_table(idx).map(|span_ptrs| {
+                    let slots = vec![PAGE_UNRESOLVED; span_ptrs.len()].into_boxed_slice();
+                    self.arena_pages.push(ArenaPages { span_ptrs, slots });
+                    (self.arena_pages.len() - 1) as u32
+                });
+                self.arena_index.insert(idx, pos);
+                pos
+            }
+        };
+        let Some(pos) = pos else {
+            self.last_miss_arena = Some(idx);
+            return None;
+        };
+        self.last_arena = Some((idx, pos));
+        Some(pos)
+    }
+
+    fn read_span_table(&mut self, idx: u64) -> Option<Box<[u64]>> {
         if idx >= ARENA_L2_ENTRIES {
             return None;
         }
@@ -245,37 +303,55 @@ impl<'a> Heap<'a> {
         )
     }
 
-    fn span_record(&mut self, span_addr: u64) -> Option<Span> {
-        if let Some(s) = self.spans.get(&span_addr) {
-            return *s;
+    /// The id of the span record at `span_addr`, reading it the first time.
+    fn span_id(&mut self, span_addr: u64) -> Option<SpanId> {
+        if let Some(id) = self.span_ids.get(&span_addr) {
+            return *id;
         }
         let span = self
             .mem
             .read_vec(span_addr, self.layout.span_size)
             .ok()
-            .and_then(|record| decode_span(&self.layout, span_addr, &record));
+            .and_then(|record| decode_span(&self.layout, &record));
         self.reads += 1;
         self.bytes_read += self.layout.span_size as u64;
-        self.spans.insert(span_addr, span);
-        span
+        let id = span.map(|span| {
+            self.spans.push(span);
+            (self.spans.len() - 1) as SpanId
+        });
+        self.span_ids.insert(span_addr, id);
+        id
     }
 
-    /// The in-use span containing `addr`; None when `addr` is not in an ordinary heap span.
-    pub fn span_of(&mut self, addr: u64) -> Option<Span> {
-        if let Some(last) = self.last
+    /// The in-use span containing `addr`, with its id; None when `addr` is not in an ordinary
+    /// heap span.
+    pub fn span_of(&mut self, addr: u64) -> Option<(SpanId, Span)> {
+        if let Some((id, last)) = self.last
             && last.start <= addr
             && addr < last.limit
         {
-            return Some(last);
+            return Some((id, last));
         }
-        let idx = Self::arena_index(addr);
-        let page = (addr / PAGE_SIZE) % PAGES_PER_ARENA;
-        let span_addr = *self.span_table(idx)?.get(page as usize)?;
-        if span_addr == 0 {
-            return None;
-        }
-        let span = self.span_record(span_addr)?;
-        let hit = (span.start <= addr && addr < span.limit).then_some(span);
+        let pos = self.arena(Self::arena_index(addr))? as usize;
+        let page = ((addr / PAGE_SIZE) % PAGES_PER_ARENA) as usize;
+        let slot = match self.arena_pages[pos].slots[page] {
+            PAGE_UNRESOLVED => {
+                let span_addr = self.arena_pages[pos].span_ptrs[page];
+                let slot = match span_addr {
+                    0 => PAGE_NO_SPAN,
+                    _ => self
+                        .span_id(span_addr)
+                        .map_or(PAGE_NO_SPAN, |id| id + PAGE_FIRST_SPAN),
+                };
+                self.arena_pages[pos].slots[page] = slot;
+                slot
+            }
+            slot => slot,
+        };
+        let id = slot.checked_sub(PAGE_FIRST_SPAN)?;
+        let span = self.spans[id as usize];
+        // A torn page table can name a span that does not cover this page.
+        let hit = (span.start <= addr && addr < span.limit).then_some((id, span));
         if hit.is_some() {
             self.last = hit;
         }
@@ -284,15 +360,20 @@ impl<'a> Heap<'a> {
 
     /// The heap object whose slot contains `addr`.
     pub fn object_of(&mut self, addr: u64) -> Option<HeapObject> {
-        let span = self.span_of(addr)?;
-        let base = span.object_base(addr);
+        let (span_id, span) = self.span_of(addr)?;
+        let index = (addr - span.start) / span.elemsize;
         // Slots past nelems are the span's tail (bitmaps, inline mark bits), not objects.
-        ((base - span.start) / span.elemsize < span.nelems).then_some(HeapObject { base, span })
+        (index < u64::from(span.nelems)).then_some(HeapObject {
+            base: span.start + index * span.elemsize,
+            span,
+            span_id,
+            index,
+        })
     }
 }
 
 /// A span record, accepted only when it is in use and self-consistent.
-pub fn decode_span(layout: &HeapLayout, addr: u64, record: &[u8]) -> Option<Span> {
+pub fn decode_span(layout: &HeapLayout, record: &[u8]) -> Option<Span> {
     let state = layout.state.read(record)? as u8;
     if state != SPAN_IN_USE {
         return None;
@@ -315,10 +396,8 @@ pub fn decode_span(layout: &HeapLayout, addr: u64, record: &[u8]) -> Option<Span
         && limit <= start.checked_add(bytes)?
         && nelems.checked_mul(elemsize)? <= bytes;
     ok.then_some(Span {
-        addr,
         start,
-        npages,
-        nelems,
+        nelems: u32::try_from(nelems).ok()?,
         elemsize,
         limit,
         noscan: spanclass & 1 == 1,
@@ -394,17 +473,17 @@ pub(crate) mod tests {
     fn rejects_spans_not_in_use_or_inconsistent() {
         let l = layout();
         let good = span_record(0xc000002000, 1, 512, 16, 2 << 1 | 1);
-        let s = decode_span(&l, 1, &good).unwrap();
+        let s = decode_span(&l, &good).unwrap();
         assert!(s.noscan);
         let mut manual = good.clone();
         manual[99] = 2; // mSpanManual: goroutine stacks
-        assert!(decode_span(&l, 1, &manual).is_none());
+        assert!(decode_span(&l, &manual).is_none());
         let mut torn = good.clone();
         torn[104..112].copy_from_slice(&0u64.to_le_bytes());
-        assert!(decode_span(&l, 1, &torn).is_none());
+        assert!(decode_span(&l, &torn).is_none());
         let mut too_many = good;
         too_many[50..52].copy_from_slice(&1000u16.to_le_bytes());
-        assert!(decode_span(&l, 1, &too_many).is_none());
+        assert!(decode_span(&l, &too_many).is_none());
     }
 
     /// Stripped binaries find `mheap_` from code at the same place the symbol names.
