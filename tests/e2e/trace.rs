@@ -280,6 +280,31 @@ fn check_lock_scene(binary: &FixtureBinary) {
             .any(|e| e["object"] == sema.as_str()),
         "{ctx}: no sem_acquire on {sema}"
     );
+    // Contended waits carry the whole user stack (trace takes stack ids on semacquire1 by
+    // default): from the runtime's semacquire1 out to the goroutine's first frame.
+    for e in events(&lines, "sem_acquire")
+        .iter()
+        .filter(|e| e["object"] == sema.as_str())
+    {
+        let stack: Vec<&str> = e["stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{ctx}: no stack in {e}"))
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(
+            stack[0].starts_with("runtime.semacquire1 "),
+            "{ctx}: {stack:#?}"
+        );
+        assert!(
+            stack.iter().any(|f| f.starts_with("main.director.func")),
+            "{ctx}: {stack:#?}"
+        );
+        assert!(
+            stack.last().unwrap().starts_with("runtime.goexit "),
+            "{ctx}: {stack:#?}"
+        );
+    }
 
     // RWMutex: the writer's Lock carries the RWMutex address; readers block on it.
     assert!(

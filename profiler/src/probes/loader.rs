@@ -42,6 +42,9 @@ pub struct MissingRole {
 pub struct Plan {
     pub programs: Vec<PlannedProgram>,
     pub missing: Vec<MissingRole>,
+    /// Fallbacks not used because their preferred program could be planned (attached only when
+    /// a benchmark names them with `--only-programs`, to compare the two).
+    pub unused_fallbacks: Vec<PlannedProgram>,
 }
 
 impl Plan {
@@ -91,11 +94,15 @@ impl Plan {
         // A fallback goes when its preferred program could be planned; a preferred program
         // that could not be planned is not missing when its fallback stands in.
         let planned: Vec<&'static str> = plan.programs.iter().map(|p| p.spec.program).collect();
-        plan.programs.retain(|p| {
-            p.spec
-                .fallback_of
-                .is_none_or(|other| !planned.contains(&other))
-        });
+        let (programs, unused): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.programs)
+            .into_iter()
+            .partition(|p| {
+                p.spec
+                    .fallback_of
+                    .is_none_or(|other| !planned.contains(&other))
+            });
+        plan.programs = programs;
+        plan.unused_fallbacks = unused;
         let programs = plan.programs.clone();
         plan.missing.retain(|m| {
             !programs.iter().any(|p| {
@@ -249,9 +256,17 @@ impl Probes {
             return Ok(0);
         }
         let pid = NonZeroU32::new(self.pid).ok_or(InspectError::ProcessGone { pid: 0 })?;
+        let named_fallbacks = self.plan.unused_fallbacks.iter().filter(|p| {
+            p.spec.group == group
+                && self
+                    .only
+                    .as_ref()
+                    .is_some_and(|only| only.iter().any(|o| o == p.spec.program))
+        });
         let planned: Vec<PlannedProgram> = self
             .plan
             .programs_of(group)
+            .chain(named_fallbacks)
             .filter(|p| {
                 self.only
                     .as_ref()

@@ -433,12 +433,17 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
         .plan()
         .programs
         .iter()
-        .filter(|p| stats.contains_key(&p.spec.group))
-        .filter(|p| {
-            opts.only_programs
-                .as_ref()
-                .is_none_or(|only| only.iter().any(|o| o == p.spec.program))
+        .map(|p| (p, false))
+        .chain(probes.plan().unused_fallbacks.iter().map(|p| (p, true)))
+        .filter(|(p, _)| stats.contains_key(&p.spec.group))
+        .filter(|(p, fallback)| {
+            let named = |only: &Vec<String>| only.iter().any(|o| o == p.spec.program);
+            match &opts.only_programs {
+                Some(only) => named(only),
+                None => !fallback,
+            }
         })
+        .map(|(p, _)| p)
         .map(|p| {
             let run_ns = probes
                 .program_stats(p.spec.program)
