@@ -29,7 +29,8 @@ use serde::Serialize;
 
 use crate::cmd;
 
-/// Rounds (PARKSCOPE_BENCH_ROUNDS overrides: 1 for a quick look).
+/// Rounds (PARKSCOPE_BENCH_ROUNDS overrides: 1 for a quick look; PARKSCOPE_BENCH_WORKLOAD
+/// runs one workload only).
 const ROUNDS: usize = 3;
 /// Left out of every window: attach, the first probe hits, the previous detach.
 pub(crate) const SKIP: Duration = Duration::from_millis(500);
@@ -52,6 +53,13 @@ const WORKLOADS: &[(&str, &str, &[&str])] = &[
         &["lifecycle", "park", "channels", "locks"],
     ),
 ];
+
+/// ns/hit is left out of the markdown below this rate (the JSON keeps it).
+const NS_PER_HIT_MIN_HITS_PER_S: f64 = 2000.0;
+
+/// Probes always measured alone besides the busy ones: (workload, group, program). newproc1_ret
+/// is the fallback of newproc_handoff (the same creates, at newproc1's RETs: single-stepped).
+const EXTRA_ALONE: &[(&str, &str, &str)] = &[("bench_http", "lifecycle", "newproc1_ret")];
 
 /// Stack-id variants: (workload, group, programs given stack ids): measured against the same
 /// group without stack ids in the same round.
@@ -580,7 +588,11 @@ fn probes() -> anyhow::Result<()> {
         measured: Vec::new(),
         stack_ids: Vec::new(),
     };
+    let only_workload = std::env::var("PARKSCOPE_BENCH_WORKLOAD").ok();
     for &(name, unit, groups) in WORKLOADS {
+        if only_workload.as_deref().is_some_and(|w| w != name) {
+            continue;
+        }
         let fixture = Fixture::start(name, name, &[])?;
         if report.floor.is_empty() {
             report.floor = floor(&parkscope, fixture.pid())?;
@@ -588,7 +600,11 @@ fn probes() -> anyhow::Result<()> {
         }
         // Groups first; the probes that fired often enough in round 1 are then measured alone.
         let mut per_group: Vec<Vec<Round>> = groups.iter().map(|_| Vec::new()).collect();
-        let mut alone: Vec<(String, String, Vec<Round>)> = Vec::new();
+        let mut alone: Vec<(String, String, Vec<Round>)> = EXTRA_ALONE
+            .iter()
+            .filter(|e| e.0 == name)
+            .map(|e| (e.1.to_string(), e.2.to_string(), Vec::new()))
+            .collect();
         let mut variants: Vec<StackRounds> = STACK_VARIANTS
             .iter()
             .filter(|v| v.0 == name)
@@ -699,13 +715,15 @@ fn markdown(report: &Report) -> String {
          group (then per probe alone, for the probes with at least {} hits/s), a baseline \
          window, the real programs, another baseline window, and the empty program at the same \
          attach points ({} s windows, the first {} s after attach or detach skipped); medians \
-         over rounds (rounds where the governor detached a group are left out of ns/hit).\n\n\
+         over rounds (rounds where the governor detached a group are left out of ns/hit; \
+         ns/hit is not shown below {} hits/s, where it is noise over few hits).\n\n\
          Method: {}\n\n",
         report.floor,
         report.rounds,
         ALONE_MIN_HITS_PER_S,
         report.window_s,
         report.skip_s,
+        NS_PER_HIT_MIN_HITS_PER_S,
         report.method
     );
     for (name, unit, base) in &report.baselines {
@@ -717,7 +735,16 @@ fn markdown(report: &Report) -> String {
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for m in &report.measured {
+        // Below this rate the CPU difference per hit is this machine's noise divided by few hits.
+        let ns = |v: Option<f64>| {
+            if m.median_hits_per_s < NS_PER_HIT_MIN_HITS_PER_S {
+                "-".to_string()
+            } else {
+                ns(v)
+            }
+        };
         let diff = match (m.median_ns_per_hit_real, m.median_ns_per_hit_empty) {
+            _ if m.median_hits_per_s < NS_PER_HIT_MIN_HITS_PER_S => "-".into(),
             (Some(r), Some(e)) => format!("{:.0}", r - e),
             _ => "-".into(),
         };
