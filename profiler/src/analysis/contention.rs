@@ -183,9 +183,31 @@ pub fn observe(decoder: &dyn EventDecoder, e: &Event) -> Obs {
         ts_ns: e.ts_ns,
         goid: e.goid,
         op,
-        stack: stack.into_iter().map(conv).collect(),
+        stack: unwrap_deferwraps(stack.into_iter().map(conv).collect()),
         innermost: innermost.map(conv),
     }
+}
+
+/// `X.deferwrapN` is the compiler's wrapper for a `defer` in X: it runs as X returns, and Go's
+/// own tracebacks (so its profiles) hide it. Its frame is X's site (the defer statement's line)
+/// unless X's own frame follows, which then stands alone.
+fn unwrap_deferwraps(stack: Vec<Frame>) -> Vec<Frame> {
+    fn parent(function: &str) -> Option<&str> {
+        let (parent, tail) = function.rsplit_once(".deferwrap")?;
+        (!tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit())).then_some(parent)
+    }
+    let mut out: Vec<Frame> = Vec::with_capacity(stack.len());
+    let mut frames = stack.into_iter().peekable();
+    while let Some(mut f) = frames.next() {
+        if let Some(p) = parent(&f.function).map(str::to_string) {
+            if frames.peek().is_some_and(|next| next.function == p) {
+                continue;
+            }
+            f.function = p;
+        }
+        out.push(f);
+    }
+    out
 }
 
 /// Before Go 1.24 a goroutine in `(*sync.WaitGroup).Wait` parks as plain "semacquire" (1.24
@@ -857,6 +879,37 @@ mod tests {
 
     fn wake(ts: u64, waker: u64, woken: u64) -> Obs {
         obs(ts, waker, Op::Wake { woken }, None)
+    }
+
+    #[test]
+    fn deferred_unlock_wrappers_are_their_functions_sites() {
+        let stack = vec![
+            frame("net/http.(*Transport).queueForIdleConn.deferwrap1", 10),
+            frame("net/http.(*Transport).queueForIdleConn", 12),
+            frame("net/http.(*Transport).getConn", 40),
+        ];
+        let names = |s: Vec<Frame>| s.into_iter().map(|f| f.function).collect::<Vec<_>>();
+        assert_eq!(
+            names(unwrap_deferwraps(stack)),
+            vec![
+                "net/http.(*Transport).queueForIdleConn",
+                "net/http.(*Transport).getConn"
+            ]
+        );
+        // Run by deferreturn: the wrapper's caller is out of the captured frames.
+        let stack = vec![
+            frame("net/http.(*Transport).tryPutIdleConn.deferwrap2", 20),
+            frame("runtime.deferreturn", 1),
+        ];
+        assert_eq!(
+            names(unwrap_deferwraps(stack)),
+            vec![
+                "net/http.(*Transport).tryPutIdleConn",
+                "runtime.deferreturn"
+            ]
+        );
+        let plain = vec![frame("main.deferwrapper", 1), frame("main.f.func1", 2)];
+        assert_eq!(names(unwrap_deferwraps(plain.clone())), names(plain));
     }
 
     #[test]
