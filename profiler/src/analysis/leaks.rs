@@ -57,6 +57,8 @@ pub struct LeakTarget<'t, 'd> {
     p_timers: Option<Field>,
     /// Where finalizer records are, when this Go's layout is known.
     specials: Option<SpecialsLayout>,
+    /// How to find and read the `runtime.m` records, when this Go's layout is known.
+    ms: Option<MLayout>,
     /// Run-time range of the executable's code (closures point into it).
     text: std::ops::Range<u64>,
     g_size: usize,
@@ -113,6 +115,10 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             g_syscallpc: field("g.syscallpc"),
             p_timers: field("p.timers"),
             specials: SpecialsLayout::resolve(&binary.offsets),
+            ms: MLayout::resolve(
+                &binary.offsets,
+                binary.symbol("runtime.allm").map(|s| s.addr + bias),
+            ),
             text: binary.pclntab.text_start().wrapping_add(bias)
                 ..binary.pclntab.text_end().wrapping_add(bias),
             precise_stacks: true,
@@ -125,6 +131,84 @@ impl<'t, 'd> LeakTarget<'t, 'd> {
             g_size: target.layout.g.size,
         })
     }
+}
+
+/// Bound on the `allm` list (a torn read could make it cyclic).
+const MAX_MS: usize = 100_000;
+
+/// Offsets to find the `runtime.m` records (one per OS thread) and the one field of theirs that
+/// can point at a user object.
+///
+/// An m is scanned field by field, not word by word: most of it is the runtime's own state
+/// (saved registers, signal masks, profiling buffers, thread-local scratch) where stale words
+/// that look like pointers would keep a leaked channel alive. Its pointer fields are g and p
+/// records (skipped as everywhere), static function values, and `waitlock`: the lock a
+/// goroutine is parking on, between gopark and the unlock that follows on the system stack.
+struct MLayout {
+    g_m: u64,
+    alllink: u64,
+    waitlock: Field,
+    size: u64,
+    /// Run-time address of `runtime.allm` (the newest m).
+    allm: Option<u64>,
+}
+
+impl MLayout {
+    fn resolve(offsets: &crate::gobin::offsets::RuntimeOffsets, allm: Option<u64>) -> Option<Self> {
+        let at = |k: &str| offsets.get(k);
+        Some(MLayout {
+            g_m: at("g.m")?.value,
+            alllink: at("m.alllink")?.value,
+            waitlock: Field {
+                offset: at("m.waitlock")?.value as usize,
+                size: 8,
+            },
+            size: at("m.$size")?.size,
+            allm,
+        })
+    }
+}
+
+/// Every m record the runtime links: from `allm` (by symbol, or found in code), and from the g
+/// records of goroutines on a thread (should `allm` not be found, the newest idle ms may be
+/// missed; they are then scanned as plain heap objects, which can hide a leak but never invent
+/// one). Each is followed along `alllink`, which ends at `m0`.
+fn m_records(layout: &MLayout, mem: &dyn Memory, gs: &[RawG]) -> Vec<u64> {
+    let mut starts: Vec<u64> = layout
+        .allm
+        .and_then(|allm| mem.read_u64(allm).ok())
+        .into_iter()
+        .collect();
+    let on_thread: Vec<u64> = gs
+        .iter()
+        .filter(|g| matches!(g.status, Status::Running | Status::Syscall))
+        .map(|g| g.addr + layout.g_m)
+        .collect();
+    let mut words = vec![[0u8; 8]; on_thread.len()];
+    let mut requests: Vec<(u64, &mut [u8])> = on_thread
+        .iter()
+        .zip(words.iter_mut())
+        .map(|(&a, w)| (a, w.as_mut_slice()))
+        .collect();
+    let results = mem.read_many(&mut requests);
+    drop(requests);
+    starts.extend(
+        words
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(w, _)| u64::from_le_bytes(*w)),
+    );
+    let mut seen = AddrSet::default();
+    let mut out = Vec::new();
+    for start in starts {
+        let mut m = start;
+        while m != 0 && m % 8 == 0 && out.len() < MAX_MS && seen.insert(m) {
+            out.push(m);
+            m = mem.read_u64(m + layout.alllink).unwrap_or(0);
+        }
+    }
+    out
 }
 
 /// Bound on one span's special list (a torn read could make it cyclic).
@@ -250,6 +334,8 @@ pub struct ScanStats {
     pub moved: usize,
     /// g records that could not be decoded (their stacks are not roots in this scan).
     pub unreadable_gs: usize,
+    /// m records found on the `allm` list, rooted field by field.
+    pub m_records: usize,
     pub mark: MarkStats,
     pub heap_metadata_bytes: u64,
     /// Frames scanned with the compiler's stack maps.
@@ -502,12 +588,38 @@ pub fn scan_once_with_roots(
     // roots (time.After channels, AfterFunc closures).
     let ps = p_records(lt, mem);
     skip.extend(ps.iter().filter_map(|&p| heap.object_of(p).map(|o| o.base)));
+    // The m records: heap ones marked but not scanned, m0 (a global) left out of the globals'
+    // words; only their `waitlock` is a root.
+    let ms = lt
+        .ms
+        .as_ref()
+        .map(|layout| m_records(layout, mem, &raw))
+        .unwrap_or_default();
+    stats.m_records = ms.len();
+    let mut m_globals: Vec<std::ops::Range<u64>> = Vec::new();
+    for &m in &ms {
+        match heap.object_of(m) {
+            Some(object) if object.base == m => {
+                skip.insert(object.base);
+            }
+            Some(_) => {}
+            None => m_globals.extend(lt.ms.as_ref().map(|l| m..m + l.size)),
+        }
+    }
     let mut marker = Marker::new(mem, &mut heap, skip);
     if std::env::var_os("PARKSCOPE_LEAKS_DEBUG").is_some() {
         marker.record_origins();
     }
     for &(lo, hi) in &lt.globals {
-        marker.scan_globals(lo, hi);
+        marker.scan_globals(lo, hi, &m_globals);
+    }
+    if let Some(layout) = &lt.ms {
+        marker.root = "m waitlock";
+        for &m in &ms {
+            if let Ok(word) = mem.read_u64(m + layout.waitlock.offset as u64) {
+                marker.mark_word(word);
+            }
+        }
     }
     if let Some(timers) = lt.p_timers {
         marker.root = "p timers";

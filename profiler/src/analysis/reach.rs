@@ -175,7 +175,9 @@ impl<'h, 'm> Marker<'h, 'm> {
     /// Scan `.data`/`.bss`. They hold `runtime.g` records (`g0`, `gcrash`) whose `stack.hi`
     /// points one past their stack, at the first byte of whatever heap object follows it: that
     /// word is not a reference, and marking that neighbour can keep a leaked channel alive.
-    pub fn scan_globals(&mut self, lo: u64, hi: u64) {
+    /// The `blank` ranges (runtime records rooted field by field instead, like `m0`) are left
+    /// out.
+    pub fn scan_globals(&mut self, lo: u64, hi: u64, blank: &[std::ops::Range<u64>]) {
         let lo = lo.next_multiple_of(8);
         let hi = hi & !7;
         let Some(len) = hi.checked_sub(lo).filter(|&l| l <= MAX_GLOBALS) else {
@@ -192,6 +194,11 @@ impl<'h, 'm> Marker<'h, 'm> {
             .collect();
         for i in stack_end_words(&words) {
             bytes[i * 8..i * 8 + 8].fill(0);
+        }
+        for range in blank {
+            let from = range.start.clamp(lo, hi) - lo;
+            let to = range.end.clamp(lo, hi) - lo;
+            bytes[from as usize..to as usize].fill(0);
         }
         self.scan_bytes(&bytes, lo);
     }

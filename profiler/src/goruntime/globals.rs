@@ -24,6 +24,9 @@ pub struct Globals {
     /// `runtime.allp`: a `[]*p` header, when found (without it the leak proof scans p records
     /// like any heap object, which can only hide leaks).
     pub allp: Option<u64>,
+    /// `runtime.allm`: the newest `*m`, head of the list of every m, when found (without it
+    /// the leak proof finds only the m records of goroutines on a thread and those older).
+    pub allm: Option<u64>,
     pub source: GlobalSource,
 }
 
@@ -36,6 +39,7 @@ pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
             allgs: allgs.addr,
             semtable: binary.symbol("runtime.semtable").map(|s| s.addr),
             allp: binary.symbol("runtime.allp").map(|s| s.addr),
+            allm: binary.symbol("runtime.allm").map(|s| s.addr),
             source: GlobalSource::Symbol,
         });
     }
@@ -52,8 +56,31 @@ pub fn find(binary: &GoBinary<'_>) -> Result<Globals, InspectError> {
         allgs,
         semtable,
         allp: allp_from_code(binary),
+        allm: function_code(binary, "runtime.mcommoninit")
+            .and_then(|(code, entry)| loaded_and_addressed_in(&decode(code, entry))),
         source: GlobalSource::Code,
     })
+}
+
+/// `mcommoninit` links a new m in with `mp.alllink = allm` (a 64-bit load of the global) and
+/// `atomicstorep(&allm, mp)` (its address taken for the xchg): the one global both loaded
+/// and addressed there.
+fn loaded_and_addressed_in(instructions: &[Instruction]) -> Option<u64> {
+    let targets = |keep: &dyn Fn(&Instruction) -> bool| -> std::collections::BTreeSet<u64> {
+        instructions
+            .iter()
+            .filter(|i| keep(i))
+            .filter_map(rip_target)
+            .collect()
+    };
+    let loaded = targets(&|i| {
+        i.mnemonic() == Mnemonic::Mov
+            && i.op0_kind() == OpKind::Register
+            && i.memory_size() == iced_x86::MemorySize::UInt64
+    });
+    let addressed = targets(&|i| i.mnemonic() == Mnemonic::Lea);
+    let both: Vec<u64> = loaded.intersection(&addressed).copied().collect();
+    (both.len() == 1).then(|| both[0])
 }
 
 /// `runtime.(*m).snapshotAllp` (1.23+) copies the allp slice header and touches no other
@@ -202,6 +229,12 @@ mod tests {
                 from_code.allp.and_then(|a| section_relative(&stripped, a)),
                 from_symbols.allp.and_then(|a| section_relative(&plain, a)),
                 "{ctx} allp"
+            );
+            assert!(from_symbols.allm.is_some(), "{ctx}");
+            assert_eq!(
+                from_code.allm.and_then(|a| section_relative(&stripped, a)),
+                from_symbols.allm.and_then(|a| section_relative(&plain, a)),
+                "{ctx} allm"
             );
             assert_eq!(
                 from_code

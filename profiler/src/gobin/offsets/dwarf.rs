@@ -186,6 +186,8 @@ pub const FIELDS: &[FieldSpec] = &[
     member("m.id", M, &[&["id"]]),
     member("m.lockedg", M, &[&["lockedg"]]),
     member("m.alllink", M, &[&["alllink"]]),
+    member("m.waitlock", M, &[&["waitlock"]]),
+    size_of("m.$size", M, false),
     member("p.id", P, &[&["id"]]),
     member("p.status", P, &[&["status"]]),
     member("p.m", P, &[&["m"]]),
