@@ -398,7 +398,7 @@ fn scan_finalizers(
     let Some(sp) = &lt.specials else {
         return 0;
     };
-    let Ok(spans) = goroutines::read_allgs(mem, lt.mheap + sp.mheap_allspans) else {
+    let Ok(spans) = goroutines::read_pointer_slice(mem, lt.mheap + sp.mheap_allspans) else {
         return 0;
     };
     let text = &lt.text;
@@ -496,7 +496,7 @@ fn p_records(lt: &LeakTarget<'_, '_>, mem: &dyn Memory) -> Vec<u64> {
     let (Some(allp), Some(_)) = (lt.target.globals.allp, lt.p_timers) else {
         return Vec::new();
     };
-    goroutines::read_allgs(mem, allp.wrapping_add(lt.target.load_bias)).unwrap_or_default()
+    goroutines::read_pointer_slice(mem, allp.wrapping_add(lt.target.load_bias)).unwrap_or_default()
 }
 
 /// Every sudog the runtime links from goroutines and the semaphore table.
@@ -550,7 +550,8 @@ pub fn scan_once_with_roots(
     let started = Instant::now();
     let target = lt.target;
     let g_layout = &target.layout.g;
-    let g_addrs = goroutines::read_allgs(mem, target.globals.allgs.wrapping_add(target.load_bias))?;
+    let g_addrs =
+        goroutines::read_pointer_slice(mem, target.globals.allgs.wrapping_add(target.load_bias))?;
     let (raw, unreadable) = goroutines::read_gs(mem, g_layout, &g_addrs);
     let mut snapshot = snapshot::read(target, mem, snapshot::monotonic_ns())?;
     let raw_of: HashMap<u64, &RawG> = raw.iter().map(|g| (g.addr, g)).collect();

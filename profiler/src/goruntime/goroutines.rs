@@ -128,19 +128,20 @@ fn plausible(g: &RawG) -> bool {
     true
 }
 
-/// The `[]*g` in runtime.allgs: pointers to every g ever created (g's are never freed). Reads
-/// any `[]*T` slice header global the same way (`allp`).
-pub fn read_allgs(mem: &dyn Memory, allgs_addr: u64) -> Result<Vec<u64>, MemError> {
+/// The non-nil pointers of a `[]*T` slice whose header is at `header_addr`: runtime.allgs
+/// (every g ever created; g's are never freed), allp, mheap_.allspans. A header torn by a
+/// concurrent append, or an array freed under us after one, is read again.
+pub fn read_pointer_slice(mem: &dyn Memory, header_addr: u64) -> Result<Vec<u64>, MemError> {
     for _ in 0..READ_ATTEMPTS {
-        let ptr = mem.read_u64(allgs_addr)?;
-        let len = mem.read_u64(allgs_addr + 8)?;
-        let cap = mem.read_u64(allgs_addr + 16)?;
+        let ptr = mem.read_u64(header_addr)?;
+        let len = mem.read_u64(header_addr + 8)?;
+        let cap = mem.read_u64(header_addr + 16)?;
         if ptr == 0 || len == 0 || len > cap || len > MAX_GOROUTINES {
             continue;
         }
         let bytes = match mem.read_vec(ptr, (len * 8) as usize) {
             Ok(bytes) => bytes,
-            // allgadd grew the array and the old one was freed under us: read again.
+            // An append grew the array and the old one was freed under us: read again.
             Err(MemError::Unmapped { .. }) => continue,
             Err(e) => return Err(e),
         };
@@ -153,7 +154,7 @@ pub fn read_allgs(mem: &dyn Memory, allgs_addr: u64) -> Result<Vec<u64>, MemErro
             .collect());
     }
     Err(MemError::Unmapped {
-        addr: allgs_addr,
+        addr: header_addr,
         len: 24,
     })
 }
@@ -429,13 +430,16 @@ mod tests {
             0x9000,
             [0xa000u64.to_le_bytes(), 0xb000u64.to_le_bytes()].concat(),
         );
-        assert_eq!(read_allgs(&mem, 0x500).unwrap(), vec![0xa000, 0xb000]);
+        assert_eq!(
+            read_pointer_slice(&mem, 0x500).unwrap(),
+            vec![0xa000, 0xb000]
+        );
         // len > cap is a torn header: never trusted.
         let mut torn = RecordedMemory::new();
         torn.write_u64(0x500, 0x9000)
             .write_u64(0x508, 9)
             .write_u64(0x510, 4);
-        assert!(read_allgs(&torn, 0x500).is_err());
+        assert!(read_pointer_slice(&torn, 0x500).is_err());
     }
 
     #[test]

@@ -258,7 +258,7 @@ fn read_with(target: &Target<'_>, reader: Reader<'_>, now_mono: i64) -> Result<S
     let mem = reader.mem();
     let layout = &target.layout;
     let started = std::time::Instant::now();
-    let g_addrs = goroutines::read_allgs(mem, target.runtime_addr(target.globals.allgs))?;
+    let g_addrs = goroutines::read_pointer_slice(mem, target.runtime_addr(target.globals.allgs))?;
     let context = Context {
         target,
         semtable: Semtable {

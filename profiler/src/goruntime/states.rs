@@ -45,7 +45,7 @@ pub fn count(
     system_by_startpc: &mut AddrMap<u64, bool>,
 ) -> Result<StateCounts, MemError> {
     let allgs = target.globals.allgs.wrapping_add(target.load_bias);
-    let addrs = goroutines::read_allgs(mem, allgs)?;
+    let addrs = goroutines::read_pointer_slice(mem, allgs)?;
     let (gs, bad) = goroutines::read_gs(mem, &target.layout.g, &addrs);
     let reasons = target.binary.wait_reasons.as_ref();
     let mut out = StateCounts {
