@@ -10,11 +10,12 @@
 //! straddle a gap are dropped (their start or end is unknown) and the window is marked partial.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use profiler_common::{Event, event_kind as kind};
+use profiler_common::{EVENT_FRAMES, Event, event_kind as kind};
 use serde::Serialize;
 
-use crate::probes::decode::EventDecoder;
+use crate::probes::decode::{EventDecoder, hex};
 
 /// A source position; also the key of a site.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -125,9 +126,10 @@ pub struct Obs {
     pub goid: u64,
     pub op: Op,
     /// From the first user frame outward; empty when the event captured no user frame.
-    pub stack: Vec<Frame>,
+    /// Shared: every event with the same return addresses has the same stack.
+    pub stack: Arc<[Frame]>,
     /// Innermost frame of all (a runtime function when `stack` is empty).
-    pub innermost: Option<Frame>,
+    pub innermost: Option<Arc<Frame>>,
 }
 
 impl Obs {
@@ -136,30 +138,103 @@ impl Obs {
     }
 }
 
+/// An event's return addresses, symbolized for contention accounting.
+#[derive(Clone, Debug)]
+struct Symbolized {
+    stack: Arc<[Frame]>,
+    innermost: Option<Arc<Frame>>,
+    /// One of the addresses is in `sync.(*WaitGroup).Wait` (see [`refine_reason`]).
+    in_wait_group: bool,
+}
+
+fn symbolize(decoder: &dyn EventDecoder, frames: &[u64]) -> Symbolized {
+    let (stack, innermost) = decoder.user_stack(frames);
+    let conv = |l: crate::gobin::pclntab::SourceLine| Frame {
+        function: l.function,
+        file: l.file,
+        line: l.line,
+    };
+    let in_wait_group = frames.iter().any(|&pc| {
+        pc != 0
+            && decoder
+                .user_stack(&[pc])
+                .1
+                .is_some_and(|f| f.function == "sync.(*WaitGroup).Wait")
+    });
+    Symbolized {
+        stack: unwrap_deferwraps(stack.into_iter().map(conv).collect()).into(),
+        innermost: innermost.map(|l| Arc::new(conv(l))),
+        in_wait_group,
+    }
+}
+
+/// Kernel events → observations for one session (one decoder), with the symbolized stacks
+/// cached per distinct set of return addresses: a busy program repeats a few hundred of them,
+/// and a contended lock's slow path fires hundreds of thousands of times a second.
+#[derive(Debug, Default)]
+pub struct Observer {
+    stacks: HashMap<[u64; EVENT_FRAMES], Symbolized>,
+}
+
+/// Bound on the stack cache (distinct return-address sets), so a long session cannot grow
+/// without limit.
+const OBSERVER_CACHE_MAX: usize = 1 << 16;
+
+impl Observer {
+    pub fn new() -> Self {
+        Observer::default()
+    }
+
+    /// The same observation as [`observe`], from the cache when these return addresses were
+    /// seen before. Only for events of the decoder's own target (one session).
+    pub fn observe(&mut self, decoder: &dyn EventDecoder, e: &Event) -> Obs {
+        let sym = match self.stacks.get(&e.frames) {
+            Some(sym) => sym.clone(),
+            None => {
+                let sym = symbolize(decoder, &e.frames);
+                if self.stacks.len() >= OBSERVER_CACHE_MAX {
+                    self.stacks.clear();
+                }
+                self.stacks.insert(e.frames, sym.clone());
+                sym
+            }
+        };
+        obs_of(decoder, e, sym)
+    }
+}
+
 /// Kernel event → observation, symbolized by the target's decoder.
 pub fn observe(decoder: &dyn EventDecoder, e: &Event) -> Obs {
-    let decoded = decoder.decode(e);
+    obs_of(decoder, e, symbolize(decoder, &e.frames))
+}
+
+fn obs_of(decoder: &dyn EventDecoder, e: &Event, sym: Symbolized) -> Obs {
+    let object = || hex(decoder.object_addr(e, None));
     let op = match e.kind {
-        kind::PARK => Op::Park {
-            reason: refine_reason(decoder, e, decoded.reason.clone().unwrap_or_default()),
-            object: decoded.object.clone(),
-        },
+        kind::PARK => {
+            let reason = decoder.reason_text(e.reason);
+            let object = hex(decoder.object_addr(e, Some(&reason)));
+            Op::Park {
+                reason: refine_reason(reason, sym.in_wait_group),
+                object,
+            }
+        }
         kind::WAKE => Op::Wake { woken: e.peer_goid },
         kind::LOCK => Op::Intent {
             intent: Intent::Mutex,
-            object: decoded.object.clone(),
+            object: object(),
         },
         kind::RWLOCK => Op::Intent {
             intent: Intent::RwWrite,
-            object: decoded.object.clone(),
+            object: object(),
         },
         kind::RLOCK_WAIT => Op::Intent {
             intent: Intent::RwRead,
-            object: decoded.object.clone(),
+            object: object(),
         },
         kind::SEM_ACQUIRE => Op::Intent {
             intent: Intent::Sema,
-            object: decoded.object.clone(),
+            object: object(),
         },
         kind::UNLOCK
         | kind::RWUNLOCK
@@ -168,23 +243,15 @@ pub fn observe(decoder: &dyn EventDecoder, e: &Event) -> Obs {
         | kind::CHAN_SEND
         | kind::CHAN_RECV
         | kind::CHAN_CLOSE
-        | kind::SELECT => Op::Release {
-            object: decoded.object.clone(),
-        },
+        | kind::SELECT => Op::Release { object: object() },
         _ => Op::Other,
-    };
-    let (stack, innermost) = decoder.user_stack(&e.frames);
-    let conv = |l: crate::gobin::pclntab::SourceLine| Frame {
-        function: l.function,
-        file: l.file,
-        line: l.line,
     };
     Obs {
         ts_ns: e.ts_ns,
         goid: e.goid,
         op,
-        stack: unwrap_deferwraps(stack.into_iter().map(conv).collect()),
-        innermost: innermost.map(conv),
+        stack: sym.stack,
+        innermost: sym.innermost,
     }
 }
 
@@ -212,18 +279,8 @@ fn unwrap_deferwraps(stack: Vec<Frame>) -> Vec<Frame> {
 
 /// Before Go 1.24 a goroutine in `(*sync.WaitGroup).Wait` parks as plain "semacquire" (1.24
 /// added "sync.WaitGroup.Wait"): the park's own frames tell the two apart.
-fn refine_reason(decoder: &dyn EventDecoder, e: &Event, reason: String) -> String {
-    if reason != "semacquire" {
-        return reason;
-    }
-    let in_wait_group = e.frames.iter().any(|&pc| {
-        pc != 0
-            && decoder
-                .user_stack(&[pc])
-                .1
-                .is_some_and(|f| f.function == "sync.(*WaitGroup).Wait")
-    });
-    if in_wait_group {
+fn refine_reason(reason: String, in_wait_group: bool) -> String {
+    if reason == "semacquire" && in_wait_group {
         "sync.WaitGroup.Wait".to_string()
     } else {
         reason
@@ -356,7 +413,7 @@ struct Pending {
     kind: WaitKind,
     start_ns: u64,
     object: String,
-    stack: Vec<Frame>,
+    stack: Arc<[Frame]>,
     /// Waiting before this was already charged to an earlier holder of the same object.
     charged_until: u64,
 }
@@ -382,9 +439,9 @@ struct GState {
     /// A park of this goroutine was seen (its later wakes are not from before the window).
     park_seen: bool,
     /// Latest slow-path intents: (object, stack) per intent kind.
-    intents: HashMap<u8, (String, Vec<Frame>)>,
-    /// Latest release in the current run slice: (ts, object, stack).
-    release: Option<(u64, Vec<Frame>)>,
+    intents: HashMap<u8, (String, Arc<[Frame]>)>,
+    /// Latest release in the current run slice: (ts, stack).
+    release: Option<(u64, Arc<[Frame]>)>,
     /// When this goroutine was last readied: releases before it belong to an earlier slice.
     woken_at: u64,
 }
@@ -516,7 +573,7 @@ impl Accountant {
                 } else if let Some((_, s)) = from_intent.filter(|(_, s)| !s.is_empty()) {
                     s.clone()
                 } else {
-                    Vec::new()
+                    Vec::new().into()
                 };
                 if !object.is_empty() {
                     self.waiters.entry(object.clone()).or_default().push(o.goid);
@@ -541,8 +598,8 @@ impl Accountant {
                 }
             }
             Op::Wake { woken } => {
-                let waker_stack = if o.goid == 0 {
-                    Vec::new()
+                let waker_stack: Arc<[Frame]> = if o.goid == 0 {
+                    Vec::new().into()
                 } else {
                     let g = self.goroutines.entry(o.goid).or_default();
                     match &g.release {
@@ -582,7 +639,7 @@ impl Accountant {
                         object: q.object.clone(),
                         waiting_site: site_of(&q.stack, UNKNOWN_SITE),
                         waker_goid: o.goid,
-                        waker_stack: waker_stack.clone(),
+                        waker_stack: waker_stack.to_vec(),
                         ns,
                     };
                     if waker_stack.is_empty() && o.goid != 0 && waker_site_deferrable(q.kind) {
@@ -609,9 +666,9 @@ impl Accountant {
                     object: p.object,
                     start_ns: p.start_ns,
                     delay_ns: o.ts_ns.saturating_sub(p.start_ns),
-                    stack: p.stack,
+                    stack: p.stack.to_vec(),
                     waker_goid: o.goid,
-                    waker_stack,
+                    waker_stack: waker_stack.to_vec(),
                 };
                 self.account(wait);
             }
@@ -881,6 +938,94 @@ mod tests {
         obs(ts, waker, Op::Wake { woken }, None)
     }
 
+    /// Symbolizes pc N as the function `fn` named in `names[N % len]`, line N.
+    struct Lines(&'static [&'static str]);
+
+    impl EventDecoder for Lines {
+        fn decode(&self, _: &Event) -> crate::probes::decode::TraceEvent {
+            unreachable!("observations do not build whole decoded events")
+        }
+        fn user_stack(
+            &self,
+            pcs: &[u64],
+        ) -> (
+            Vec<crate::gobin::pclntab::SourceLine>,
+            Option<crate::gobin::pclntab::SourceLine>,
+        ) {
+            let line = |pc: u64| crate::gobin::pclntab::SourceLine {
+                function: self.0[pc as usize % self.0.len()].to_string(),
+                file: "/src/app/main.go".into(),
+                line: pc as u32,
+            };
+            let lines: Vec<_> = pcs
+                .iter()
+                .filter(|&&pc| pc != 0)
+                .map(|&pc| line(pc))
+                .collect();
+            let innermost = lines.first().cloned();
+            let skip = lines
+                .iter()
+                .take_while(|l| crate::probes::decode::is_runtime_frame(&l.function))
+                .count();
+            (lines[skip..].to_vec(), innermost)
+        }
+        fn reason_text(&self, code: u8) -> String {
+            ["semacquire", "sync.Mutex.Lock", "chan receive"][code as usize].to_string()
+        }
+        fn object_addr(&self, e: &Event, reason: Option<&str>) -> u64 {
+            e.object - u64::from(reason == Some("chan receive")) * 8
+        }
+    }
+
+    #[test]
+    fn cached_observations_equal_uncached_ones() {
+        let decoder = Lines(&[
+            "runtime.gopark",
+            "sync.(*WaitGroup).Wait",
+            "main.run",
+            "main.run.deferwrap1",
+        ]);
+        let event = |kind: u16, reason: u8, frames: [u64; EVENT_FRAMES]| Event {
+            ts_ns: 7,
+            goid: 3,
+            peer_goid: 4,
+            object: 0x1000,
+            kind,
+            reason,
+            frames,
+            ..Event::default()
+        };
+        let events = [
+            event(kind::PARK, 0, [4, 5, 6, 0]),
+            event(kind::PARK, 0, [4, 6, 0, 0]),
+            event(kind::PARK, 2, [4, 6, 0, 0]),
+            event(kind::LOCK, 0, [4, 7, 6, 0]),
+            event(kind::UNLOCK, 0, [4, 7, 6, 0]),
+            event(kind::WAKE, 0, [0; EVENT_FRAMES]),
+            event(kind::RLOCK_WAIT, 0, [4, 5, 6, 0]),
+        ];
+        let mut observer = Observer::new();
+        for _ in 0..2 {
+            for e in &events {
+                assert_eq!(observer.observe(&decoder, e), observe(&decoder, e));
+            }
+        }
+        let o = observer.observe(&decoder, &events[0]);
+        assert_eq!(
+            o.op,
+            Op::Park {
+                reason: "sync.WaitGroup.Wait".into(),
+                object: "0x1000".into()
+            }
+        );
+        assert_eq!(*o.stack, [frame("main.run", 6)]);
+        // The defer wrapper followed by its function: the function's frame alone.
+        let o = observer.observe(&decoder, &events[3]);
+        assert_eq!(*o.stack, [frame("main.run", 6)]);
+        let o = observer.observe(&decoder, &events[2]);
+        assert!(matches!(o.op, Op::Park { ref object, .. } if object == "0xff8"));
+    }
+
     #[test]
     fn deferred_unlock_wrappers_are_their_functions_sites() {
         let stack = vec![
@@ -941,7 +1086,7 @@ mod tests {
             "the waits themselves are accounted at once"
         );
         let sleep = Obs {
-            stack: vec![frame("time.Sleep", 1), frame("main.publish", 30)],
+            stack: vec![frame("time.Sleep", 1), frame("main.publish", 30)].into(),
             ..park(520, 9, "sleep", None)
         };
         a.feed(&sleep);
@@ -1118,7 +1263,7 @@ mod tests {
             Some(frame("main.consume", 30)),
         ));
         let mut w = wake(110, 9, 8);
-        w.stack = vec![frame("main.produce", 40)];
+        w.stack = vec![frame("main.produce", 40)].into();
         a.feed(&w);
         assert_eq!(a.waits.len(), 1);
         assert_eq!(a.waits[0].kind, WaitKind::ChanRecv);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use parkscope::analysis::contention::{self, Accountant, Frame, Report, fmt_ns};
+use parkscope::analysis::contention::{self, Accountant, Frame, Observer, Report, fmt_ns};
 use parkscope::error::InspectError;
 use parkscope::output::pprof::{StackSample, render_contention};
 use parkscope::probes::governor::Action;
@@ -78,11 +78,12 @@ pub struct ProfileArgs {
     pub probe: ProbeArgs,
 }
 
-/// Feed one session output into the accountant; notices go to stderr. Shared with `top`.
-pub fn account(acc: &mut Accountant, item: &Output<'_>, quiet: bool) {
+/// Feed one session output into the accountant (events symbolized through `obs`, one per
+/// session); notices go to stderr. Shared with `top`.
+pub fn account(acc: &mut Accountant, obs: &mut Observer, item: &Output<'_>, quiet: bool) {
     match item {
         Output::Raw { event, decoder } => {
-            acc.feed(&contention::observe(*decoder, event));
+            acc.feed(&obs.observe(*decoder, event));
         }
         Output::Notice(n) => {
             if !quiet {
@@ -252,7 +253,8 @@ pub fn run(args: ProfileArgs) -> Result<i32, InspectError> {
     opts.duration = Some(args.duration);
     let mut acc = Accountant::new(args.format == Format::Pprof);
     let start_ns = session::monotonic_ns();
-    let summary: Summary = session::run(&opts, |item| account(&mut acc, &item, false))?;
+    let mut obs = Observer::new();
+    let summary: Summary = session::run(&opts, |item| account(&mut acc, &mut obs, &item, false))?;
     let end_ns = session::monotonic_ns();
     acc.flush_deferred();
     for g in acc.gaps.iter_mut() {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use parkscope::analysis::contention::{Accountant, fmt_ns};
+use parkscope::analysis::contention::{Accountant, Observer, fmt_ns};
 use parkscope::error::InspectError;
 use parkscope::goruntime::goroutines::AddrMap;
 use parkscope::goruntime::snapshot::Target;
@@ -148,6 +148,7 @@ pub fn run(args: TopArgs) -> Result<i32, InspectError> {
         let _ = out.flush();
     }
     let mut acc = Accountant::new(false);
+    let mut obs = Observer::new();
     let start_ns = session::monotonic_ns();
     let mut last = Instant::now();
     let mut refreshes = 0u64;
@@ -169,7 +170,7 @@ pub fn run(args: TopArgs) -> Result<i32, InspectError> {
             }
         }
         // On a terminal the notices would scroll the view away: they show in its header.
-        account(&mut acc, &item, tty);
+        account(&mut acc, &mut obs, &item, tty);
         if let Output::Tick { ts_ns } = item
             && last.elapsed() >= interval
             && !write_failed

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use tracing::{info, warn};
 
-use crate::analysis::contention::{self, Accountant, UNKNOWN_SITE};
+use crate::analysis::contention::{Accountant, Observer, UNKNOWN_SITE};
 use crate::probes::ProbeGroup;
 use crate::probes::governor::Action;
 use crate::probes::session::{self, Output, TraceOptions};
@@ -100,10 +100,11 @@ impl Drop for ProbeWatch {
 fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
     let pid = opts.pid;
     let mut acc = Accountant::new(true);
+    let mut obs = Observer::new();
     let result = session::run(&opts, |item| {
         match &item {
             Output::Raw { event, decoder } => {
-                acc.feed(&contention::observe(*decoder, event));
+                acc.feed(&obs.observe(*decoder, event));
                 stats.lock().unwrap().events += 1;
             }
             Output::Notice(n) => {

@@ -96,6 +96,11 @@ pub fn is_runtime_frame(function: &str) -> bool {
 pub trait EventDecoder {
     fn decode(&self, e: &Event) -> TraceEvent;
     fn user_stack(&self, pcs: &[u64]) -> (Vec<SourceLine>, Option<SourceLine>);
+    /// The runtime's wait-reason text of `code` (what [`TraceEvent::reason`] says).
+    fn reason_text(&self, code: u8) -> String;
+    /// The object's address as [`TraceEvent::object`] names it (0 when none), given the
+    /// event's reason text: without building the whole decoded event.
+    fn object_addr(&self, e: &Event, reason: Option<&str>) -> u64;
 }
 
 impl EventDecoder for Decoder<'_, '_> {
@@ -104,6 +109,12 @@ impl EventDecoder for Decoder<'_, '_> {
     }
     fn user_stack(&self, pcs: &[u64]) -> (Vec<SourceLine>, Option<SourceLine>) {
         Decoder::user_stack(self, pcs)
+    }
+    fn reason_text(&self, code: u8) -> String {
+        Decoder::reason_text(self, code)
+    }
+    fn object_addr(&self, e: &Event, reason: Option<&str>) -> u64 {
+        Decoder::object_addr(self, e, reason)
     }
 }
 
@@ -217,6 +228,21 @@ impl<'a, 'data> Decoder<'a, 'data> {
         out
     }
 
+    /// The object an event is about: a channel park's lock argument is turned into the
+    /// channel, a blocked reader's semaphore into its RWMutex; else the raw address.
+    pub fn object_addr(&self, e: &Event, reason: Option<&str>) -> u64 {
+        match e.kind {
+            kind::PARK if matches!(reason, Some("chan receive" | "chan send")) && e.object != 0 => {
+                match self.hchan_lock {
+                    Some(lock_off) => e.object.wrapping_sub(lock_off),
+                    None => e.object,
+                }
+            }
+            kind::RLOCK_WAIT if e.object != 0 => e.object.wrapping_sub(RWMUTEX_READER_SEM),
+            _ => e.object,
+        }
+    }
+
     pub fn decode(&self, e: &Event) -> TraceEvent {
         let mut out = TraceEvent {
             ts_ns: e.ts_ns,
@@ -251,12 +277,7 @@ impl<'a, 'data> Decoder<'a, 'data> {
             }
             kind::PARK => {
                 let reason = self.reason_text(e.reason);
-                if (reason == "chan receive" || reason == "chan send")
-                    && let Some(lock_off) = self.hchan_lock
-                    && e.object != 0
-                {
-                    out.object = hex(e.object.wrapping_sub(lock_off));
-                }
+                out.object = hex(self.object_addr(e, Some(&reason)));
                 out.reason = Some(reason);
             }
             kind::SEM_ACQUIRE => out.reason = Some(self.reason_text(e.reason)),
@@ -275,9 +296,7 @@ impl<'a, 'data> Decoder<'a, 'data> {
                 });
             }
             kind::CHAN_MAKE => out.capacity = Some(e.aux),
-            kind::RLOCK_WAIT if e.object != 0 => {
-                out.object = hex(e.object.wrapping_sub(RWMUTEX_READER_SEM));
-            }
+            kind::RLOCK_WAIT => out.object = hex(self.object_addr(e, None)),
             _ => {}
         }
         let (line, pc) = self.locate(&pcs);

@@ -317,6 +317,30 @@ impl Probes {
         }
     }
 
+    /// Detach one link of `group` (of any group when None); false when none was left.
+    /// Closing a uprobe takes the kernel tens of milliseconds (one RCU grace period each), in
+    /// which the programs still at work may fill the ring buffer: the caller can drain it
+    /// between links.
+    pub fn detach_next(&mut self, group: Option<ProbeGroup>) -> bool {
+        let Some(group) = group.or_else(|| self.attached.keys().next().copied()) else {
+            return false;
+        };
+        let Some(links) = self.attached.get_mut(&group) else {
+            return false;
+        };
+        let link = links.pop();
+        if links.is_empty() {
+            self.attached.remove(&group);
+        }
+        match link {
+            Some(link) => {
+                self.detach_links(vec![link]);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn detach_all(&mut self) {
         let groups: Vec<ProbeGroup> = self.attached.keys().copied().collect();
         for g in groups {

@@ -171,8 +171,9 @@ fn load_bias(pid: u32, binary: &GoBinary<'_>) -> Result<u64, InspectError> {
     maps::executable_load_bias(pid, &binary.image)
 }
 
-/// Most events decoded per drain tick (50 ms): 400k events/s, more than a budget-respecting
-/// probe set produces; beyond it the ring buffer fills and the kernel counts the drops.
+/// Most events decoded per drain: a batch, between which the session looks at its signals,
+/// deadline and governor. A drain that fills its batch is followed at once by another (after
+/// that look), so the batch bounds latency, not throughput; the reader's own speed does.
 const MAX_EVENTS_PER_DRAIN: usize = 20_000;
 
 /// Per-program counters from the previous governor tick.
@@ -294,6 +295,9 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
         let mut sigterm = signal(SignalKind::terminate())
             .map_err(|e| InspectError::io("installing the SIGTERM handler", e))?;
         let mut drain = tokio::time::interval(opts.drain_every);
+        // A late drain is not followed by a burst of ticks: the backlog is taken in batches
+        // (below), each after a turn of the runtime's drivers.
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut govern = tokio::time::interval(opts.govern_every);
         govern.tick().await;
         let deadline = async {
@@ -331,12 +335,21 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                     }
                 }
                 events_total += raw.len() as u64;
+                raw.len() >= MAX_EVENTS_PER_DRAIN
             };
         let result = 'session: loop {
             tokio::select! {
                 _ = drain.tick() => {
-                    flush(&mut probes, &mut raw, &mut sink);
+                    let backlog = flush(&mut probes, &mut raw, &mut sink);
                     sink(Output::Tick { ts_ns: monotonic_ns() });
+                    if backlog {
+                        // More is queued: drain again at once, but only after the runtime has
+                        // polled its signal and timer drivers (a ready interval never yields,
+                        // so a reader behind the probes would otherwise see SIGINT, its deadline
+                        // and the governor only once it caught up).
+                        drain.reset_immediately();
+                        tokio::task::yield_now().await;
+                    }
                     if !target_alive(pid) {
                         break Ok::<EndReason, InspectError>(EndReason::TargetExited);
                     }
@@ -371,7 +384,14 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                     for action in governor.tick(Instant::now(), &loads) {
                         match &action {
                             Action::Detach { group, hits_per_s, cost, budget, backoff_s } => {
-                                probes.detach_group(*group);
+                                // Link by link, taking what its programs queue meanwhile.
+                                while probes.detach_next(Some(*group)) {
+                                    for _ in 0..64 {
+                                        if !flush(&mut probes, &mut raw, &mut sink) {
+                                            break;
+                                        }
+                                    }
+                                }
                                 meter.attached_at.remove(group);
                                 if let Some(s) = stats.get_mut(group) {
                                     s.detached_by_governor += 1;
@@ -410,11 +430,18 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                 _ = &mut deadline => break Ok(EndReason::Duration),
             }
         };
-        // Detach first, then take what the programs queued before they went.
-        probes.detach_all();
+        // Detach first, then take what the programs queued before they went. Detaching takes
+        // the kernel ~0.1 s per uprobe: the queue is drained between them, or a busy target
+        // overflows it meanwhile.
+        while probes.detach_next(None) {
+            for _ in 0..64 {
+                if !flush(&mut probes, &mut raw, &mut sink) {
+                    break;
+                }
+            }
+        }
         for _ in 0..64 {
-            flush(&mut probes, &mut raw, &mut sink);
-            if raw.len() < MAX_EVENTS_PER_DRAIN {
+            if !flush(&mut probes, &mut raw, &mut sink) {
                 break;
             }
         }
