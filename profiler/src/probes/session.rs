@@ -384,13 +384,11 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                     for action in governor.tick(Instant::now(), &loads) {
                         match &action {
                             Action::Detach { group, hits_per_s, cost, budget, backoff_s } => {
-                                // Link by link, taking what its programs queue meanwhile.
+                                // Link by link, taking one batch of what its programs
+                                // queue meanwhile (one: the detach must not wait for a
+                                // reader that is behind, which is why the group goes).
                                 while probes.detach_next(Some(*group)) {
-                                    for _ in 0..64 {
-                                        if !flush(&mut probes, &mut raw, &mut sink) {
-                                            break;
-                                        }
-                                    }
+                                    flush(&mut probes, &mut raw, &mut sink);
                                 }
                                 meter.attached_at.remove(group);
                                 if let Some(s) = stats.get_mut(group) {
@@ -433,12 +431,10 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
         // Detach first, then take what the programs queued before they went. Detaching takes
         // the kernel ~0.1 s per uprobe: the queue is drained between them, or a busy target
         // overflows it meanwhile.
+        // One batch per link: a reader far behind would otherwise hold every detach up (the
+        // rest is taken below, once nothing more can arrive).
         while probes.detach_next(None) {
-            for _ in 0..64 {
-                if !flush(&mut probes, &mut raw, &mut sink) {
-                    break;
-                }
-            }
+            flush(&mut probes, &mut raw, &mut sink);
         }
         for _ in 0..64 {
             if !flush(&mut probes, &mut raw, &mut sink) {
