@@ -403,27 +403,26 @@ impl<'a> Heap<'a> {
         if !(span.start <= addr && addr < span.limit) {
             return None;
         }
-        let index = (addr - span.start) / span.elemsize;
-        (index < u64::from(span.nelems)).then_some(HeapObject {
-            base: span.start + index * span.elemsize,
-            span,
-            span_id,
-            index,
-        })
+        object_in(span_id, span, addr)
     }
 
     /// The heap object whose slot contains `addr`.
     pub fn object_of(&mut self, addr: u64) -> Option<HeapObject> {
         let (span_id, span) = self.span_of(addr)?;
-        let index = (addr - span.start) / span.elemsize;
-        // Slots past nelems are the span's tail (bitmaps, inline mark bits), not objects.
-        (index < u64::from(span.nelems)).then_some(HeapObject {
-            base: span.start + index * span.elemsize,
-            span,
-            span_id,
-            index,
-        })
+        object_in(span_id, span, addr)
     }
+}
+
+/// The object slot of `span` containing `addr` (which must lie in `[start, limit)`).
+fn object_in(span_id: SpanId, span: Span, addr: u64) -> Option<HeapObject> {
+    let index = (addr - span.start) / span.elemsize;
+    // Slots past nelems are the span's tail (bitmaps, inline mark bits), not objects.
+    (index < u64::from(span.nelems)).then_some(HeapObject {
+        base: span.start + index * span.elemsize,
+        span,
+        span_id,
+        index,
+    })
 }
 
 /// A prefetch hint for the cache line holding `value` (a no-op off x86-64).
