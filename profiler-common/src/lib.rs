@@ -1,6 +1,6 @@
 //! Types that cross the kernel/userspace boundary. Both sides compile this crate, so every type
 //! here is `#[repr(C)]`, `Copy`, and free of pointers and padding surprises.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Indices into the per-CPU probe hit counter array: one slot per eBPF program (attach-point
 /// kind), so the overhead governor can price each probe group from kernel-side counts.
@@ -114,10 +114,123 @@ pub struct Event {
     pub _pad2: u32,
 }
 
+/// How the programs report what they see (`GoOffsets::mode`).
+pub mod report_mode {
+    /// Count hits only (benchmarks).
+    pub const COUNT: u32 = 0;
+    /// One ring-buffer event per hit (trace, profile, top).
+    pub const EVENTS: u32 = 1;
+    /// Contended waits are timed and summed in the kernel ([`WaitKey`](super::WaitKey) →
+    /// [`WaitTotals`](super::WaitTotals)); nothing goes to the ring buffer.
+    pub const AGGREGATE: u32 = 2;
+}
+
+/// What a wait reason means to the in-kernel aggregation (`GoOffsets::reason_track`, indexed by
+/// the runtime's waitReason code, which differs between Go releases: userspace fills it in).
+pub mod wait_track {
+    /// Not contention (sleep, IO, GC, ...): not timed.
+    pub const NONE: u8 = 0;
+    /// Contention with no slow-path entry before the park (channels, select, Cond).
+    pub const NO_INTENT: u8 = 1;
+    /// Contention announced by a slow-path entry: intent slot = value - 2 (see [`intent`]).
+    pub const FIRST_INTENT: u8 = 2;
+}
+
+/// Slow-path entries the in-kernel aggregation remembers per goroutine: their return addresses
+/// name the waiting site when the park's own do not reach user code (a Mutex's park is four
+/// runtime and sync frames deep).
+pub mod intent {
+    pub const MUTEX: u8 = 0;
+    pub const RW_WRITE: u8 = 1;
+    pub const RW_READ: u8 = 2;
+    pub const SEMA: u8 = 3;
+    pub const COUNT: usize = 4;
+}
+
+/// Reason codes `GoOffsets::reason_track` covers (Go has about 40).
+pub const TRACKED_REASONS: usize = 64;
+
+/// Upper bounds (ns) of the in-kernel wait-time buckets; one more bucket takes the rest. Also
+/// the daemon's Prometheus buckets, so the kernel's counts are exported as they are.
+pub const WAIT_BOUNDS_NS: [u64; 10] = [
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    10_000_000_000,
+];
+
+/// The bucket of a wait of `ns`: the first bound it does not exceed, else the last bucket.
+#[inline(always)]
+pub fn wait_bucket(ns: u64) -> usize {
+    let mut i = 0;
+    while i < WAIT_BOUNDS_NS.len() {
+        if ns <= WAIT_BOUNDS_NS[i] {
+            return i;
+        }
+        i += 1;
+    }
+    WAIT_BOUNDS_NS.len()
+}
+
+/// One kind of contended wait as the kernel aggregates it: the wait reason and the return
+/// addresses that name its site (userspace symbolizes them as it does events').
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WaitKey {
+    /// The runtime's waitReason code.
+    pub reason: u64,
+    /// gopark's return addresses.
+    pub park_frames: [u64; EVENT_FRAMES],
+    /// The latest slow-path entry's of the matching kind; zero when the reason has none.
+    pub intent_frames: [u64; EVENT_FRAMES],
+}
+
+/// Wait times of one [`WaitKey`], per CPU: exact count, total and max; counts per bucket of
+/// [`WAIT_BOUNDS_NS`] (not cumulative).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitTotals {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub buckets: [u64; WAIT_BOUNDS_NS.len() + 1],
+}
+
+/// A goroutine's contended park the kernel waits to see readied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingWait {
+    pub start_ns: u64,
+    pub key: WaitKey,
+}
+
+/// Distinct wait keys the kernel aggregates per session; waits of further keys are counted in
+/// `EVENT_DROPS[AGGREGATE_OVERFLOW]` instead.
+pub const WAIT_KEYS: u32 = 4096;
+/// Contended parks awaiting their wake-up (LRU: the oldest, e.g. leaked goroutines, go first).
+pub const PENDING_WAITS: u32 = 16384;
+/// Goroutines whose latest slow-path entries are remembered (LRU).
+pub const INTENT_ENTRIES: u32 = 8192;
+
+/// Slots of the EVENT_DROPS counters.
+pub mod drop_slot {
+    /// An event the ring buffer had no room for.
+    pub const RING_FULL: u32 = 0;
+    /// A wait not aggregated: the wait-key map was full.
+    pub const AGGREGATE_OVERFLOW: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Offsets into the Go runtime's structures that the eBPF programs need. Filled in by userspace
 /// from the target's DWARF or the per-release table before loading; never hard-coded.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GoOffsets {
     pub g_goid: u32,
     pub g_m: u32,
@@ -125,13 +238,63 @@ pub struct GoOffsets {
     pub g_gopc: u32,
     pub m_curg: u32,
     pub hchan_dataqsiz: u32,
-    /// 1 when the probes should emit events; 0 = count only (benchmarks).
-    pub emit: u32,
+    /// A [`report_mode`] value.
+    pub mode: u32,
     /// Bit n set: the program of probe slot n takes a user stack id (bpf_get_stackid).
     pub stack_slots: u32,
+    /// Per waitReason code, a [`wait_track`] value (AGGREGATE mode only).
+    pub reason_track: [u8; TRACKED_REASONS],
+}
+
+impl Default for GoOffsets {
+    fn default() -> Self {
+        GoOffsets {
+            g_goid: 0,
+            g_m: 0,
+            g_parent_goid: 0,
+            g_gopc: 0,
+            m_curg: 0,
+            hchan_dataqsiz: 0,
+            mode: report_mode::COUNT,
+            stack_slots: 0,
+            reason_track: [wait_track::NONE; TRACKED_REASONS],
+        }
+    }
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for GoOffsets {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Event {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WaitKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WaitTotals {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PendingWait {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_fall_in_the_first_bucket_whose_bound_they_do_not_exceed() {
+        assert_eq!(wait_bucket(0), 0);
+        assert_eq!(wait_bucket(1_000), 0);
+        assert_eq!(wait_bucket(1_001), 1);
+        assert_eq!(wait_bucket(50_000_000), 5);
+        assert_eq!(wait_bucket(10_000_000_000), 9);
+        assert_eq!(wait_bucket(10_000_000_001), 10);
+        assert_eq!(wait_bucket(u64::MAX), WAIT_BOUNDS_NS.len());
+    }
+
+    #[test]
+    fn kernel_records_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<WaitKey>(), 8 + 2 * 8 * EVENT_FRAMES);
+        assert_eq!(
+            core::mem::size_of::<WaitTotals>(),
+            8 * (3 + WAIT_BOUNDS_NS.len() + 1)
+        );
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 8 * 4 + TRACKED_REASONS);
+    }
+}

@@ -19,12 +19,14 @@ mod programs {
             bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         },
         macros::{map, uprobe},
-        maps::{PerCpuArray, RingBuf, StackTrace},
+        maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
         programs::{ProbeContext, tracing::StackIdContext},
     };
     use profiler_common::{
-        EVENT_FRAMES, Event, GoOffsets, MAX_SELECT_CASES, STACK_ENTRIES, event_flag,
-        event_kind as kind, probe_slot as slot,
+        EVENT_FRAMES, Event, GoOffsets, INTENT_ENTRIES, MAX_SELECT_CASES, PENDING_WAITS,
+        PendingWait, STACK_ENTRIES, TRACKED_REASONS, WAIT_KEYS, WaitKey, WaitTotals, drop_slot,
+        event_flag, event_kind as kind, intent, probe_slot as slot, report_mode, wait_bucket,
+        wait_track,
     };
 
     /// Set by userspace at load time from the target's own offsets.
@@ -36,17 +38,34 @@ mod programs {
         g_gopc: 0,
         m_curg: 0,
         hchan_dataqsiz: 0,
-        emit: 0,
+        mode: report_mode::COUNT,
         stack_slots: 0,
+        reason_track: [wait_track::NONE; TRACKED_REASONS],
     });
 
     /// Hits per program, per CPU. Userspace sums them to price each probe group.
     #[map]
     static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(slot::COUNT, 0);
 
-    /// Events lost because the ring buffer was full, per CPU (slot 0).
+    /// What could not be reported, per CPU, by `drop_slot`: events the ring buffer had no room
+    /// for, waits the wait-key map had no room for.
     #[map]
-    static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+    static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::COUNT, 0);
+
+    /// AGGREGATE mode: each goroutine's contended park (by g address) until runtime.ready.
+    #[map]
+    static PENDING: LruHashMap<u64, PendingWait> = LruHashMap::with_max_entries(PENDING_WAITS, 0);
+
+    /// AGGREGATE mode: each goroutine's latest slow-path entries (return addresses), by
+    /// `intent` slot: they name a lock wait's site, which the park's own frames do not reach.
+    #[map]
+    static INTENTS: LruHashMap<u64, [[u64; EVENT_FRAMES]; intent::COUNT]> =
+        LruHashMap::with_max_entries(INTENT_ENTRIES, 0);
+
+    /// AGGREGATE mode: wait times per (reason, site addresses), read by userspace.
+    #[map]
+    static WAITS: PerCpuHashMap<WaitKey, WaitTotals> =
+        PerCpuHashMap::with_max_entries(WAIT_KEYS, 0);
 
     /// User stacks of the events whose probe userspace asked stack ids of (frame-pointer walk
     /// by the kernel; Go keeps frame pointers). Ids are reused for identical stacks.
@@ -91,7 +110,148 @@ mod programs {
     fn enter(probe: u32) -> Option<GoOffsets> {
         bump(&PROBE_HITS, probe);
         let off = GO_OFFSETS.load();
-        if off.emit == 0 { None } else { Some(off) }
+        if off.mode == report_mode::EVENTS {
+            Some(off)
+        } else {
+            None
+        }
+    }
+
+    /// For the programs that also serve the in-kernel aggregation: count the hit; return the
+    /// offsets unless only counting.
+    #[inline(always)]
+    fn enter_wait(probe: u32) -> Option<GoOffsets> {
+        bump(&PROBE_HITS, probe);
+        let off = GO_OFFSETS.load();
+        if off.mode == report_mode::COUNT {
+            None
+        } else {
+            Some(off)
+        }
+    }
+
+    /// Return addresses: `[rsp]`, then up the frame-pointer chain.
+    #[inline(always)]
+    fn frames_at(r: &pt_regs) -> [u64; EVENT_FRAMES] {
+        let mut frames = [0u64; EVENT_FRAMES];
+        // [rsp] is the return address: at a function's entry (or at the push %rbp right after
+        // its stack check) and at its RETs alike. Then up the frame-pointer chain: RBP still
+        // holds the caller's frame pointer here.
+        frames[0] = read_u64(r.rsp);
+        let mut bp = r.rbp;
+        let mut i = 1;
+        while i < EVENT_FRAMES {
+            if bp == 0 {
+                break;
+            }
+            frames[i] = read_u64(bp + 8);
+            bp = read_u64(bp);
+            i += 1;
+        }
+        frames
+    }
+
+    /// AGGREGATE mode, at a slow-path entry of the running goroutine `g`.
+    #[inline(always)]
+    fn remember_intent(r: &pt_regs, g: u64, slot: usize) {
+        let frames = frames_at(r);
+        if INTENTS.get_ptr(&g).is_none() {
+            let empty = [[0u64; EVENT_FRAMES]; intent::COUNT];
+            let _ = INTENTS.insert(&g, &empty, 0);
+        }
+        if let Some(entry) = INTENTS.get_ptr_mut(&g) {
+            // SAFETY: a map value of this type; slot is a constant below intent::COUNT.
+            unsafe {
+                if let Some(s) = (*entry).get_mut(slot) {
+                    *s = frames;
+                }
+            }
+        }
+    }
+
+    /// `GoOffsets::reason_track[reason]`, read in place: a copy on the stack could not be
+    /// indexed by a variable (the verifier refuses variable stack offsets), the global's map
+    /// value can.
+    #[inline(always)]
+    fn reason_track(reason: u8) -> u8 {
+        let index = reason as usize;
+        if index >= TRACKED_REASONS {
+            return wait_track::NONE;
+        }
+        // The mask the verifier needs to bound the offset: black_box keeps the compiler from
+        // dropping it as redundant after the check above (which it rewrites as a bit test the
+        // verifier cannot bound).
+        let index = core::hint::black_box(index) & (TRACKED_REASONS - 1);
+        // SAFETY: Global is repr(transparent) over the (always initialised) GoOffsets.
+        unsafe {
+            let offsets = &GO_OFFSETS as *const Global<GoOffsets> as *const GoOffsets;
+            let table = core::ptr::addr_of!((*offsets).reason_track) as *const u8;
+            core::ptr::read_volatile(table.add(index))
+        }
+    }
+
+    /// AGGREGATE mode, at gopark of `g`: remember a contended park until its wake-up; any
+    /// other park ends what was remembered (its wake-up went unseen).
+    #[inline(always)]
+    fn start_wait(r: &pt_regs, g: u64, reason: u8) {
+        let track = reason_track(reason);
+        if track == wait_track::NONE {
+            let _ = PENDING.remove(&g);
+            return;
+        }
+        let mut pending = PendingWait {
+            start_ns: unsafe { bpf_ktime_get_ns() },
+            key: WaitKey {
+                reason: u64::from(reason),
+                park_frames: frames_at(r),
+                intent_frames: [0; EVENT_FRAMES],
+            },
+        };
+        if track >= wait_track::FIRST_INTENT {
+            let slot = (track - wait_track::FIRST_INTENT) as usize;
+            // Bounded for the verifier (as in `reason_track`); intent::COUNT is a power of 2.
+            let slot = core::hint::black_box(slot) & (intent::COUNT - 1);
+            if let Some(entry) = INTENTS.get_ptr(&g) {
+                // SAFETY: a map value of this type, read once.
+                if let Some(frames) = unsafe { (*entry).get(slot) } {
+                    pending.key.intent_frames = *frames;
+                }
+            }
+        }
+        let _ = PENDING.insert(&g, &pending, 0);
+    }
+
+    /// AGGREGATE mode, at runtime.ready(gp): the end of gp's contended wait, if one is pending.
+    #[inline(always)]
+    fn finish_wait(gp: u64) {
+        let Some(entry) = PENDING.get_ptr(&gp) else {
+            return;
+        };
+        // SAFETY: a map value of this type, copied before the entry goes.
+        let pending = unsafe { *entry };
+        let _ = PENDING.remove(&gp);
+        let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(pending.start_ns);
+        if WAITS.get_ptr(&pending.key).is_none() {
+            let zero = WaitTotals::default();
+            // BPF_NOEXIST: another CPU may have added the key meanwhile; then use theirs.
+            let _ = WAITS.insert(&pending.key, &zero, 1);
+        }
+        let Some(totals) = WAITS.get_ptr_mut(&pending.key) else {
+            bump(&EVENT_DROPS, drop_slot::AGGREGATE_OVERFLOW);
+            return;
+        };
+        // SAFETY: this CPU's value of a per-CPU map; a uprobe program cannot preempt itself.
+        unsafe {
+            let t = &mut *totals;
+            t.count += 1;
+            t.total_ns += ns;
+            if ns > t.max_ns {
+                t.max_ns = ns;
+            }
+            if let Some(b) = t.buckets.get_mut(wait_bucket(ns)) {
+                *b += 1;
+            }
+        }
     }
 
     /// 1 + the user stack's id in STACKS when userspace asked for this probe's stacks.
@@ -113,23 +273,8 @@ mod programs {
     #[inline(always)]
     fn base_event(ctx: &ProbeContext, probe: u32, event_kind: u16) -> Event {
         let stack_id = stack_id(ctx, probe);
-        let r = regs(ctx);
+        let frames = frames_at(regs(ctx));
         let pid_tgid = bpf_get_current_pid_tgid();
-        let mut frames = [0u64; EVENT_FRAMES];
-        // [rsp] is the return address: at a function's entry (or at the push %rbp right after
-        // its stack check) and at its RETs alike. Then up the frame-pointer chain: RBP still
-        // holds the caller's frame pointer here.
-        frames[0] = read_u64(r.rsp);
-        let mut bp = r.rbp;
-        let mut i = 1;
-        while i < EVENT_FRAMES {
-            if bp == 0 {
-                break;
-            }
-            frames[i] = read_u64(bp + 8);
-            bp = read_u64(bp);
-            i += 1;
-        }
         Event {
             ts_ns: unsafe { bpf_ktime_get_ns() },
             pid: (pid_tgid >> 32) as u32,
@@ -157,7 +302,7 @@ mod programs {
                 entry.write(*event);
                 entry.submit(BPF_RB_NO_WAKEUP as u64);
             }
-            None => bump(&EVENT_DROPS, 0),
+            None => bump(&EVENT_DROPS, drop_slot::RING_FULL),
         }
     }
 
@@ -173,12 +318,40 @@ mod programs {
     #[inline(always)]
     fn simple(ctx: &ProbeContext, probe: u32, event_kind: u16, object: u64, flags: u8) -> u32 {
         let Some(off) = enter(probe) else { return 0 };
-        let goid = goid_of(regs(ctx).r14, &off);
+        simple_event(ctx, &off, probe, event_kind, object, flags);
+        0
+    }
+
+    #[inline(always)]
+    fn simple_event(
+        ctx: &ProbeContext,
+        off: &GoOffsets,
+        probe: u32,
+        event_kind: u16,
+        object: u64,
+        flags: u8,
+    ) {
+        let goid = goid_of(regs(ctx).r14, off);
         emit(ctx, probe, event_kind, |e| {
             e.goid = goid;
             e.object = object;
             e.flags = flags;
         });
+    }
+
+    /// A slow-path entry: an event, or (AGGREGATE mode) remembered as the running goroutine's
+    /// latest intent of its kind.
+    #[inline(always)]
+    fn intent_probe(ctx: &ProbeContext, probe: u32, event_kind: u16, object: u64, slot: u8) -> u32 {
+        let Some(off) = enter_wait(probe) else {
+            return 0;
+        };
+        if off.mode == report_mode::AGGREGATE {
+            let r = regs(ctx);
+            remember_intent(r, r.r14, slot as usize);
+        } else {
+            simple_event(ctx, &off, probe, event_kind, object, 0);
+        }
         0
     }
 
@@ -200,10 +373,14 @@ mod programs {
     /// runtime.gopark(unlockf RAX, lock RBX, reason CL, traceReason DIL, traceskip RSI).
     #[uprobe]
     pub fn gopark(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::GOPARK) else {
+        let Some(off) = enter_wait(slot::GOPARK) else {
             return 0;
         };
         let r = regs(&ctx);
+        if off.mode == report_mode::AGGREGATE {
+            start_wait(r, r.r14, r.rcx as u8);
+            return 0;
+        }
         let goid = goid_of(r.r14, &off);
         let (lock, reason, unlockf) = (r.rbx, r.rcx as u8, r.rax);
         // unlockf is a *funcval: its first word is the code pointer (chanparkcommit, ...).
@@ -221,10 +398,14 @@ mod programs {
     /// g0.m.curg (0 when the scheduler itself readies gp, e.g. from netpoll or timers).
     #[uprobe]
     pub fn ready(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::READY) else {
+        let Some(off) = enter_wait(slot::READY) else {
             return 0;
         };
         let r = regs(&ctx);
+        if off.mode == report_mode::AGGREGATE {
+            finish_wait(r.rax);
+            return 0;
+        }
         let woken = goid_of(r.rax, &off);
         let m = read_u64(r.r14 + off.g_m as u64);
         let curg = if m == 0 {
@@ -382,10 +563,14 @@ mod programs {
     /// runtime.semacquire1(addr RAX, lifo BL, profile CL, skipframes RDI, reason SIL).
     #[uprobe]
     pub fn semacquire1(ctx: ProbeContext) -> u32 {
-        let Some(off) = enter(slot::SEMACQUIRE1) else {
+        let Some(off) = enter_wait(slot::SEMACQUIRE1) else {
             return 0;
         };
         let r = regs(&ctx);
+        if off.mode == report_mode::AGGREGATE {
+            remember_intent(r, r.r14, intent::SEMA as usize);
+            return 0;
+        }
         let goid = goid_of(r.r14, &off);
         emit(&ctx, slot::SEMACQUIRE1, kind::SEM_ACQUIRE, |e| {
             e.goid = goid;
@@ -411,7 +596,7 @@ mod programs {
     #[uprobe]
     pub fn mutex_lock_slow(ctx: ProbeContext) -> u32 {
         let m = regs(&ctx).rax;
-        simple(&ctx, slot::MUTEX_LOCK_SLOW, kind::LOCK, m, 0)
+        intent_probe(&ctx, slot::MUTEX_LOCK_SLOW, kind::LOCK, m, intent::MUTEX)
     }
 
     /// (*Mutex).unlockSlow(m RAX, new EBX).
@@ -425,7 +610,7 @@ mod programs {
     #[uprobe]
     pub fn rwmutex_lock(ctx: ProbeContext) -> u32 {
         let rw = regs(&ctx).rax;
-        simple(&ctx, slot::RWMUTEX_LOCK, kind::RWLOCK, rw, 0)
+        intent_probe(&ctx, slot::RWMUTEX_LOCK, kind::RWLOCK, rw, intent::RW_WRITE)
     }
 
     /// sync.(*RWMutex).Unlock(rw RAX).
@@ -439,7 +624,13 @@ mod programs {
     #[uprobe]
     pub fn rwmutex_rlock_slow(ctx: ProbeContext) -> u32 {
         let sema = regs(&ctx).rax;
-        simple(&ctx, slot::RWMUTEX_RLOCK_SLOW, kind::RLOCK_WAIT, sema, 0)
+        intent_probe(
+            &ctx,
+            slot::RWMUTEX_RLOCK_SLOW,
+            kind::RLOCK_WAIT,
+            sema,
+            intent::RW_READ,
+        )
     }
 
     /// sync.(*RWMutex).rUnlockSlow(rw RAX, r EBX).

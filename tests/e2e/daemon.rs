@@ -6,7 +6,14 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use parkscope_e2e::{RunningFixture, fixture, parkscope_bin};
+use std::collections::BTreeMap;
+
+use parkscope_e2e::pprof::{compare, delay_by_site};
+use parkscope_e2e::{RunningFixture, fixture, parkscope_bin, wait_for_file};
+
+/// As in the contention tests: both sides time the same waits (park → ready), so the margin
+/// only absorbs rounding and the odd wait at the window's edges.
+const MAX_RATIO_ERROR: f64 = 0.20;
 use serde_json::Value;
 
 struct Daemon {
@@ -276,7 +283,9 @@ fn daemon_memory_stays_bounded_across_process_churn() {
 }
 
 /// `--probes`: each followed process gets a probe session under the governor; the metrics carry
-/// its wait-time histograms, event counts and group states; SIGTERM detaches it.
+/// its wait-time histograms, event counts and group states; SIGTERM detaches it. Here with
+/// `--probe-events` (every event to userspace, as `profile` does); the oracle test below covers
+/// the default, waits timed in the kernel.
 #[test]
 fn daemon_probes_serve_wait_histograms_and_detach_on_exit() {
     let binary = fixture("healthy_contention", "1.27", "plain");
@@ -289,6 +298,7 @@ fn daemon_probes_serve_wait_histograms_and_detach_on_exit() {
         "locks,park",
         "--probe-budget-percent",
         "100",
+        "--probe-events",
     ]);
     let pid_label = format!("pid=\"{pid}\"");
     daemon.wait_until("mutex waits show in the wait-time histogram", |d| {
@@ -335,6 +345,75 @@ fn daemon_probes_serve_wait_histograms_and_detach_on_exit() {
     // The target runs on, untouched.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("TracerPid:\t0\n"));
+}
+
+/// The default probe mode times waits in the kernel and sends no event: its wait-time
+/// histograms agree with Go's own block profile of the same window (contention_oracle turns it
+/// on at "go" and writes it when its contended workload is done).
+#[test]
+fn daemon_kernel_wait_histograms_agree_with_gos_block_profile() {
+    for release in ["1.21", "1.26"] {
+        let binary = fixture("contention_oracle", release, "plain");
+        let ctx = format!("contention_oracle {}", binary.go);
+        let running = RunningFixture::start(&binary.path);
+        let pid = running.pid();
+        let pid_label = format!("pid=\"{pid}\"");
+        let daemon = Daemon::start(&[
+            "--pid",
+            &pid.to_string(),
+            "--no-leaks",
+            "--probes",
+            "locks,park",
+            "--probe-budget-percent",
+            "50",
+        ]);
+        daemon.wait_until("both probe groups attached", |d| {
+            let (_, metrics) = d.get("/metrics");
+            ["locks", "park"].iter().all(|g| {
+                metric(
+                    &metrics,
+                    "parkscope_probe_group_attached",
+                    &[&pid_label, &format!("group=\"{g}\"")],
+                ) == Some(1.0)
+            })
+        });
+        let dir = &running.out_dir;
+        std::fs::write(dir.join("go"), b"").unwrap();
+        wait_for_file(&dir.join("contention_result.json"), Duration::from_secs(60));
+        // The session reads the kernel's totals every governor period (250 ms).
+        std::thread::sleep(Duration::from_secs(1));
+        let (_, metrics) = daemon.get("/metrics");
+        assert_eq!(
+            metric(&metrics, "parkscope_probe_events_total", &[&pid_label]),
+            Some(0.0),
+            "{ctx}: no event crosses the ring buffer"
+        );
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("parkscope_governor_detaches_total{")
+                    && l.contains(&pid_label)
+                    && !l.ends_with(" 0")),
+            "{ctx}: the governor stepped in at a 50% budget: {metrics}"
+        );
+        // parkscope_wait_seconds_sum{...,kind="…",site="function file:line"} → per function.
+        let mut ours: BTreeMap<String, f64> = BTreeMap::new();
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("parkscope_wait_seconds_sum{") && l.contains(&pid_label))
+        {
+            let site = line
+                .split("site=\"")
+                .nth(1)
+                .and_then(|rest| rest.split([' ', '"']).next())
+                .unwrap_or_else(|| panic!("{ctx}: no site in {line}"));
+            let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            *ours.entry(site.to_string()).or_default() += seconds * 1e9;
+        }
+        let go_block = delay_by_site(&dir.join("block.pprof"), &binary.go);
+        let worst = compare(&format!("{ctx} waiting"), &ours, &go_block, MAX_RATIO_ERROR);
+        eprintln!("{ctx}: kernel-timed waiting sites: worst ratio error {worst:.3}");
+    }
 }
 
 #[test]

@@ -8,6 +8,22 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+/// Go's own profiles as oracles.
+pub mod pprof;
+
+/// Wait until a fixture writes `path` (its sync points are files).
+pub fn wait_for_file(path: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -306,7 +306,8 @@ impl Fixture {
                 let _ = child.kill();
                 bail!("parkscope {args:?} did not attach: {lines:?}");
             };
-            if line.starts_with("parkscope: attached") {
+            // `profile`/`trace` print "parkscope: attached …"; the daemon logs the same notice.
+            if line.starts_with("parkscope: attached") || line.contains(" uprobes) to pid ") {
                 attach = Some(t);
             }
             lines.push((t, line));

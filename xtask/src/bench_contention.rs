@@ -4,11 +4,13 @@
 //! Per workload, two processes of the same fixture: one plain, one with Go's in-process mutex and
 //! block profiling at rate 1 (BENCH_GO_PROFILING=1). Only one runs at a time (the other is
 //! SIGSTOPped), and each round measures, one after the other: the plain process alone
-//! (baseline), the plain process with `parkscope profile --probes park,locks` attached, and the
-//! Go-profiling process. Windows as in `bench probes`; the report gives the median over rounds of
-//! each window against the baseline of its round. Workloads: bench_mutex (4 workers on one
-//! sync.Mutex) and bench_http (a JSON API on net/http with a mutex-protected cache and a fan-out
-//! handler, loaded by 8 in-process keep-alive clients). Results go to
+//! (baseline); the plain process with `parkscope profile --probes park,locks` attached; under
+//! `parkscope daemon --probes locks,park` (waits timed in the kernel); under the same daemon with
+//! `--probe-events` (every event to userspace); and the Go-profiling process. Windows as in
+//! `bench probes`; the report gives the median over rounds of each window against the baseline
+//! of its round. Workloads: bench_mutex (4 workers on one sync.Mutex) and bench_http (a JSON
+//! API on net/http with a mutex-protected cache and a fan-out handler, loaded by 8 in-process
+//! keep-alive clients). Results go to
 //! target/bench/contention.{md,json}.
 //!
 //! Accuracy, in the same run: per workload, ACCURACY_ROUNDS fresh processes with Go's profiling
@@ -67,8 +69,14 @@ struct WorkloadResult {
     median_parkscope_ratio: f64,
     /// Go's mutex+block profiling at rate 1, against the baseline.
     median_go_profiling_ratio: f64,
+    /// `parkscope daemon --probes locks,park`: waits timed in the kernel, no events.
+    median_daemon_kernel_ratio: f64,
+    /// The same daemon with `--probe-events` (every event to userspace).
+    median_daemon_events_ratio: f64,
     parkscope_ratios: Vec<f64>,
     go_profiling_ratios: Vec<f64>,
+    daemon_kernel_ratios: Vec<f64>,
+    daemon_events_ratios: Vec<f64>,
     accuracy: Accuracy,
 }
 
@@ -416,10 +424,32 @@ fn workload(
         "-o",
         &profile_out,
     ];
+    let daemon = |events: bool| {
+        let mut args = vec![
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-leaks",
+            "--snapshot-interval",
+            "3600",
+            "--probes",
+            "locks,park",
+            "--probe-budget-percent",
+            "100",
+        ];
+        if events {
+            args.push("--probe-events");
+        }
+        args
+    };
+    let (daemon_kernel_args, daemon_events_args) = (daemon(false), daemon(true));
     let (mut baselines, mut ours, mut gos) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut kernel_timed, mut event_timed) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let base = plain.baseline()?;
         let (with_parkscope, _) = plain.attached(parkscope, &args)?;
+        let (with_daemon_kernel, _) = plain.attached(parkscope, &daemon_kernel_args)?;
+        let (with_daemon_events, _) = plain.attached(parkscope, &daemon_events_args)?;
         plain.pause(true);
         go_prof.pause(false);
         let with_go = go_prof.baseline()?;
@@ -427,13 +457,17 @@ fn workload(
         plain.pause(false);
         eprintln!(
             "bench: {name} round {round}: baseline {base:.0} {unit}/s, parkscope {:.0}%, \
-             Go profiling {:.0}%",
+             Go profiling {:.0}%, daemon kernel-timed {:.0}%, daemon with events {:.0}%",
             with_parkscope / base * 100.0,
-            with_go / base * 100.0
+            with_go / base * 100.0,
+            with_daemon_kernel / base * 100.0,
+            with_daemon_events / base * 100.0
         );
         baselines.push(base);
         ours.push(with_parkscope / base);
         gos.push(with_go / base);
+        kernel_timed.push(with_daemon_kernel / base);
+        event_timed.push(with_daemon_events / base);
     }
     drop(plain);
     drop(go_prof);
@@ -446,8 +480,12 @@ fn workload(
         median_baseline_per_s: median(&baselines),
         median_parkscope_ratio: median(&ours),
         median_go_profiling_ratio: median(&gos),
+        median_daemon_kernel_ratio: median(&kernel_timed),
+        median_daemon_events_ratio: median(&event_timed),
         parkscope_ratios: ours,
         go_profiling_ratios: gos,
+        daemon_kernel_ratios: kernel_timed,
+        daemon_events_ratios: event_timed,
     })
 }
 
@@ -494,13 +532,21 @@ pub fn run() -> anyhow::Result<()> {
     for w in &report.workloads {
         md.push_str(&format!(
             "| {} | parkscope profile --probes park,locks | {:.0}% | {} |\n\
-             | {} | Go mutex+block profiling at rate 1 | {:.0}% | {} |\n",
+             | {} | Go mutex+block profiling at rate 1 | {:.0}% | {} |\n\
+             | {} | parkscope daemon --probes locks,park (waits timed in the kernel) | {:.0}% | {} |\n\
+             | {} | parkscope daemon --probes locks,park --probe-events | {:.0}% | {} |\n",
             w.fixture,
             w.median_parkscope_ratio * 100.0,
             percents(&w.parkscope_ratios),
             w.fixture,
             w.median_go_profiling_ratio * 100.0,
             percents(&w.go_profiling_ratios),
+            w.fixture,
+            w.median_daemon_kernel_ratio * 100.0,
+            percents(&w.daemon_kernel_ratios),
+            w.fixture,
+            w.median_daemon_events_ratio * 100.0,
+            percents(&w.daemon_events_ratios),
         ));
     }
     md.push_str(&format!(

@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use profiler_common::{EVENT_FRAMES, Event, event_kind as kind};
+use profiler_common::{
+    EVENT_FRAMES, Event, TRACKED_REASONS, WaitKey, event_kind as kind, intent, wait_track,
+};
 use serde::Serialize;
 
 use crate::probes::decode::{EventDecoder, hex};
@@ -81,6 +83,52 @@ impl WaitKind {
             WaitKind::Select => "select",
         }
     }
+}
+
+/// The in-kernel aggregation's view of each wait reason code (`GoOffsets::reason_track`):
+/// which parks are contention, and which slow-path entry names their site, by the same rules
+/// as [`Accountant::feed`] (the kinds of [`WaitKind::from_reason`]; WaitGroup waits before Go
+/// 1.24 park as "semacquire", a semaphore wait).
+pub fn reason_track(reason_text: impl Fn(u8) -> String) -> [u8; TRACKED_REASONS] {
+    let mut track = [wait_track::NONE; TRACKED_REASONS];
+    for (code, t) in track.iter_mut().enumerate() {
+        let Some(kind) = WaitKind::from_reason(&reason_text(code as u8)) else {
+            continue;
+        };
+        let intent = match kind {
+            WaitKind::Mutex => Some(intent::MUTEX),
+            WaitKind::RwmutexWrite => Some(intent::RW_WRITE),
+            WaitKind::RwmutexRead => Some(intent::RW_READ),
+            WaitKind::Waitgroup | WaitKind::Semaphore => Some(intent::SEMA),
+            WaitKind::Cond | WaitKind::ChanRecv | WaitKind::ChanSend | WaitKind::Select => None,
+        };
+        *t = intent.map_or(wait_track::NO_INTENT, |i| wait_track::FIRST_INTENT + i);
+    }
+    track
+}
+
+/// The (kind, waiting site) of one in-kernel aggregate, as [`Accountant::feed`] would name
+/// it from the same park and slow-path entry: the park's own frames when they reach user code,
+/// else the slow-path entry's. The site is None when neither captured a user frame; the kind is
+/// None for a reason that is not contention (the kernel aggregates none).
+pub fn kernel_wait_site(
+    decoder: &dyn EventDecoder,
+    key: &WaitKey,
+) -> Option<(WaitKind, Option<Frame>)> {
+    let park = symbolize(decoder, &key.park_frames);
+    let reason = refine_reason(decoder.reason_text(key.reason as u8), park.in_wait_group);
+    let kind = WaitKind::from_reason(&reason)?;
+    let site = match park.stack.first() {
+        Some(f) => Some(f.clone()),
+        None if key.intent_frames.iter().any(|&pc| pc != 0) => {
+            symbolize(decoder, &key.intent_frames)
+                .stack
+                .first()
+                .cloned()
+        }
+        None => None,
+    };
+    Some((kind, site))
 }
 
 /// What a goroutine announced it is about to block on (slow-path entries).
@@ -970,10 +1018,107 @@ mod tests {
             (lines[skip..].to_vec(), innermost)
         }
         fn reason_text(&self, code: u8) -> String {
-            ["semacquire", "sync.Mutex.Lock", "chan receive"][code as usize].to_string()
+            [
+                "semacquire",
+                "sync.Mutex.Lock",
+                "chan receive",
+                "sleep",
+                "select",
+            ]
+            .get(code as usize)
+            .unwrap_or(&"GC worker (idle)")
+            .to_string()
         }
         fn object_addr(&self, e: &Event, reason: Option<&str>) -> u64 {
             e.object - u64::from(reason == Some("chan receive")) * 8
+        }
+    }
+
+    #[test]
+    fn reason_track_marks_contention_and_its_slow_path() {
+        let decoder = Lines(&["main.run"]);
+        let track = reason_track(|code| decoder.reason_text(code));
+        let first = wait_track::FIRST_INTENT;
+        assert_eq!(
+            track[..6],
+            [
+                first + intent::SEMA,
+                first + intent::MUTEX,
+                wait_track::NO_INTENT,
+                wait_track::NONE,
+                wait_track::NO_INTENT,
+                wait_track::NONE,
+            ]
+        );
+        assert!(track[6..].iter().all(|&t| t == wait_track::NONE));
+    }
+
+    /// The kernel's aggregate of one (park, slow-path entry) pair is named as the accountant
+    /// names the same wait from the events the kernel would otherwise have sent.
+    #[test]
+    fn kernel_aggregates_are_named_like_the_accountants_waits() {
+        let decoder = Lines(&[
+            "runtime.gopark",
+            "runtime.semacquire1",
+            "sync.(*Mutex).lockSlow",
+            "sync.(*WaitGroup).Wait",
+            "main.run",
+            "main.serve",
+            "main.serve.deferwrap1",
+        ]);
+        let track = reason_track(|code| decoder.reason_text(code));
+        // (reason code, park frames, slow-path frames): a Mutex park whose own frames stay in
+        // the runtime, one that reaches user code, a WaitGroup wait parked as "semacquire",
+        // a plain semaphore, a channel receive, a park with no user frame at all.
+        let cases: [(u8, [u64; EVENT_FRAMES], [u64; EVENT_FRAMES]); 6] = [
+            (1, [7, 8, 9, 0], [9, 4, 5, 0]),
+            (1, [7, 8, 4, 5], [9, 12, 0, 0]),
+            (0, [7, 8, 3, 4], [8, 3, 4, 0]),
+            (0, [7, 8, 9, 0], [8, 13, 0, 0]),
+            (2, [7, 12, 0, 0], [0; EVENT_FRAMES]),
+            (2, [7, 8, 0, 0], [0; EVENT_FRAMES]),
+        ];
+        for (reason, park_frames, intent_frames) in cases {
+            let t = track[reason as usize];
+            let key = WaitKey {
+                reason: u64::from(reason),
+                park_frames,
+                intent_frames: if t >= wait_track::FIRST_INTENT {
+                    intent_frames
+                } else {
+                    [0; EVENT_FRAMES]
+                },
+            };
+            let ours = kernel_wait_site(&decoder, &key);
+
+            let intent_kind = match t.checked_sub(wait_track::FIRST_INTENT) {
+                Some(intent::MUTEX) => Some(kind::LOCK),
+                Some(intent::SEMA) => Some(kind::SEM_ACQUIRE),
+                _ => None,
+            };
+            let event = |ts_ns, kind, frames| Event {
+                ts_ns,
+                goid: 5,
+                peer_goid: 5,
+                object: 0x1000,
+                kind,
+                reason,
+                frames,
+                ..Event::default()
+            };
+            let mut acc = Accountant::new(true);
+            if let Some(k) = intent_kind {
+                acc.feed(&observe(&decoder, &event(1, k, intent_frames)));
+            }
+            acc.feed(&observe(&decoder, &event(2, kind::PARK, park_frames)));
+            let mut wake = event(9, kind::WAKE, [0; EVENT_FRAMES]);
+            wake.goid = 0;
+            acc.feed(&observe(&decoder, &wake));
+            let theirs = acc
+                .waits
+                .first()
+                .map(|w| (w.kind, w.stack.first().cloned()));
+            assert_eq!(ours, theirs, "{reason} {park_frames:?} {intent_frames:?}");
         }
     }
 

@@ -56,6 +56,10 @@ pub struct DaemonArgs {
     /// The probes' CPU budget per process, in percent of one core [default: 1].
     #[arg(long)]
     pub probe_budget_percent: Option<f64>,
+    /// Send every probe event to userspace and time the waits there, as `profile` does. By
+    /// default the kernel times and sums them (no event traffic, fewer probes attached).
+    #[arg(long)]
+    pub probe_events: bool,
 }
 
 /// The `--config` file: every key optional, unknown keys refused (a typo must not pass).
@@ -73,6 +77,7 @@ pub struct FileConfig {
     pub no_leaks: Option<bool>,
     pub probes: Option<Vec<String>>,
     pub probe_budget_percent: Option<f64>,
+    pub probe_events: Option<bool>,
 }
 
 pub fn read_config(path: &Path) -> Result<FileConfig, InspectError> {
@@ -112,6 +117,7 @@ fn merge(mut args: DaemonArgs, file: FileConfig) -> Result<DaemonArgs, InspectEr
         args.probes = Some(list);
     }
     args.probe_budget_percent = args.probe_budget_percent.or(file.probe_budget_percent);
+    args.probe_events |= file.probe_events.unwrap_or(false);
     Ok(args)
 }
 
@@ -164,6 +170,7 @@ pub fn run(args: DaemonArgs) -> Result<i32, InspectError> {
         leaks: !args.no_leaks,
         probes: args.probes.map(|p| p.0).unwrap_or_default(),
         probe_budget: args.probe_budget_percent.unwrap_or(1.0) / 100.0,
+        probe_events: args.probe_events,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -95,7 +95,7 @@ pub fn account(acc: &mut Accountant, obs: &mut Observer, item: &Output<'_>, quie
                 None => {}
             }
         }
-        Output::Event(_) | Output::Tick { .. } | Output::Hits(_) => {}
+        Output::Event(_) | Output::Tick { .. } | Output::Hits(_) | Output::KernelWaits { .. } => {}
     }
 }
 

@@ -137,7 +137,10 @@ pub fn run(args: TraceArgs) -> Result<i32, InspectError> {
                     out.flush()
                 }
             }
-            Output::Raw { .. } | Output::Tick { .. } | Output::Hits(_) => Ok(()),
+            Output::Raw { .. }
+            | Output::Tick { .. }
+            | Output::Hits(_)
+            | Output::KernelWaits { .. } => Ok(()),
         };
         // A closed pipe (e.g. `| head`) ends the output, not the session's cleanup.
         if result.is_err() {

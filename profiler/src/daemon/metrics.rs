@@ -272,7 +272,9 @@ impl Metrics {
                     self.probe_group_attached
                         .with_label_values(&[pid.as_str(), exe, group])
                         .set(i64::from(
-                            stats.error.is_none() && !stats.detached_now.contains(group),
+                            stats.attached
+                                && stats.error.is_none()
+                                && !stats.detached_now.contains(group),
                         ));
                 }
                 for ((kind, site), h) in stats.waits {

@@ -41,6 +41,8 @@ pub struct DaemonConfig {
     pub probes: Vec<crate::probes::ProbeGroup>,
     /// The probes' CPU budget per process, fraction of one core.
     pub probe_budget: f64,
+    /// Send every probe event to userspace instead of timing waits in the kernel.
+    pub probe_events: bool,
 }
 
 /// What the daemon knows about one followed process.
@@ -249,7 +251,12 @@ fn rescan(config: &DaemonConfig, state: &SharedState, cache: &mut GoBinaryCache)
             "process attached"
         );
         let watch = (!config.probes.is_empty()).then(|| {
-            probes::ProbeWatch::start(candidate.id.pid, config.probes.clone(), config.probe_budget)
+            probes::ProbeWatch::start(
+                candidate.id.pid,
+                config.probes.clone(),
+                config.probe_budget,
+                !config.probe_events,
+            )
         });
         shared.processes.insert(
             candidate.id.pid,

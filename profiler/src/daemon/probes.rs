@@ -1,8 +1,13 @@
 //! Probes in the daemon (`--probes`): one probe session per followed process, on its own thread,
 //! under the overhead governor like `parkscope profile`, feeding cumulative wait-time histograms
 //! per (kind, waiting site). Dropping the watch stops the session, which detaches every probe.
+//!
+//! By default the kernel times the waits and sums them per (reason, site addresses)
+//! (`report_mode::AGGREGATE`): no event crosses the ring buffer, and the release-side probes
+//! are not attached at all. `--probe-events` sends every event to userspace instead, as
+//! `parkscope profile` does (the same histograms; for comparison).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,13 +15,16 @@ use std::thread::JoinHandle;
 
 use tracing::{info, warn};
 
-use crate::analysis::contention::{Accountant, Observer, UNKNOWN_SITE};
+use profiler_common::{WaitKey, WaitTotals};
+
+use crate::analysis::contention::{Accountant, Frame, Observer, UNKNOWN_SITE, kernel_wait_site};
 use crate::probes::ProbeGroup;
 use crate::probes::governor::Action;
 use crate::probes::session::{self, Output, TraceOptions};
 
 /// Upper bounds of the wait-time buckets, in seconds: a contended mutex hand-off is
-/// microseconds, a slow holder milliseconds to seconds.
+/// microseconds, a slow holder milliseconds to seconds. The kernel's (`WAIT_BOUNDS_NS`), so
+/// its counts are exported as they are.
 pub const BUCKETS_S: [f64; 10] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0, 10.0];
 
 /// Cumulative wait times of one (kind, site).
@@ -39,6 +47,23 @@ impl WaitHistogram {
             }
         }
     }
+
+    /// Add one in-kernel aggregate (its buckets are per bound, not cumulative).
+    pub fn add(&mut self, totals: &WaitTotals) {
+        self.count += totals.count;
+        self.sum_ns = self.sum_ns.saturating_add(totals.total_ns);
+        let mut below = 0;
+        for (le, n) in self.le.iter_mut().zip(totals.buckets) {
+            below += n;
+            *le += below;
+        }
+    }
+}
+
+/// The histogram key of a waiting site: "function file:line", or the unknown-site placeholder.
+fn site_label(site: Option<&Frame>) -> String {
+    site.map(|f| format!("{} {}:{}", f.function, f.file, f.line))
+        .unwrap_or_else(|| UNKNOWN_SITE.to_string())
 }
 
 /// What one process's probe session has seen so far.
@@ -52,6 +77,9 @@ pub struct ProbeStats {
     pub hits: BTreeMap<&'static str, u64>,
     pub detaches: BTreeMap<&'static str, u64>,
     pub detached_now: BTreeSet<&'static str>,
+    /// The session has attached its groups (after loading and calibrating) and not yet
+    /// detached them: before that, a group is not attached, whatever the governor says.
+    pub attached: bool,
     pub groups: Vec<&'static str>,
     /// Why the session ended early (it could not attach, or failed).
     pub error: Option<String>,
@@ -64,7 +92,8 @@ pub struct ProbeWatch {
 }
 
 impl ProbeWatch {
-    pub fn start(pid: u32, groups: Vec<ProbeGroup>, budget: f64) -> ProbeWatch {
+    /// `aggregate`: time the waits in the kernel (see the module doc) rather than from events.
+    pub fn start(pid: u32, groups: Vec<ProbeGroup>, budget: f64, aggregate: bool) -> ProbeWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(ProbeStats {
             groups: groups.iter().map(|g| g.name()).collect(),
@@ -72,6 +101,7 @@ impl ProbeWatch {
         }));
         let mut opts = TraceOptions::new(pid, groups);
         opts.raw = true;
+        opts.aggregate = aggregate;
         opts.budget = budget;
         opts.stop = Some(stop.clone());
         let shared = stats.clone();
@@ -101,8 +131,24 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
     let pid = opts.pid;
     let mut acc = Accountant::new(true);
     let mut obs = Observer::new();
+    // Kernel wait keys are few (return-address sets), named once each.
+    let mut names: HashMap<WaitKey, Option<(&'static str, String)>> = HashMap::new();
     let result = session::run(&opts, |item| {
         match &item {
+            Output::KernelWaits { waits, decoder } => {
+                // Cumulative in the kernel: the histograms are rebuilt from the totals.
+                let mut by_site: BTreeMap<(&'static str, String), WaitHistogram> = BTreeMap::new();
+                for (key, totals) in waits.iter() {
+                    let named = names.entry(*key).or_insert_with(|| {
+                        kernel_wait_site(*decoder, key)
+                            .map(|(kind, site)| (kind.name(), site_label(site.as_ref())))
+                    });
+                    if let Some(site) = named.clone() {
+                        by_site.entry(site).or_default().add(totals);
+                    }
+                }
+                stats.lock().unwrap().waits = by_site;
+            }
             Output::Raw { event, decoder } => {
                 acc.feed(&obs.observe(*decoder, event));
                 stats.lock().unwrap().events += 1;
@@ -122,6 +168,8 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
                     None if n.notice == "drops" => {
                         s.lost += leading_number(&n.message);
                     }
+                    None if n.notice == "attached" => s.attached = true,
+                    None if n.notice == "detached" => s.attached = false,
                     None => {}
                 }
             }
@@ -132,11 +180,7 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
                 if !finished.is_empty() {
                     let mut s = stats.lock().unwrap();
                     for w in finished {
-                        let site = w
-                            .stack
-                            .first()
-                            .map(|f| format!("{} {}:{}", f.function, f.file, f.line))
-                            .unwrap_or_else(|| UNKNOWN_SITE.to_string());
+                        let site = site_label(w.stack.first());
                         s.waits
                             .entry((w.kind.name(), site))
                             .or_default()
@@ -226,6 +270,30 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's per-bucket counts become the same cumulative histogram as the waits
+    /// observed one by one in userspace.
+    #[test]
+    fn kernel_totals_add_up_like_observed_waits() {
+        let waits = [0, 500, 1_000, 1_001, 2_000_000, 50_000_000, 20_000_000_000];
+        let mut observed = WaitHistogram::default();
+        let mut totals = WaitTotals::default();
+        for ns in waits {
+            observed.observe(ns);
+            totals.count += 1;
+            totals.total_ns += ns;
+            totals.buckets[profiler_common::wait_bucket(ns)] += 1;
+        }
+        let mut added = WaitHistogram::default();
+        added.add(&totals);
+        assert_eq!(
+            (added.count, added.sum_ns, added.le),
+            (observed.count, observed.sum_ns, observed.le)
+        );
+        for (s, ns) in BUCKETS_S.iter().zip(profiler_common::WAIT_BOUNDS_NS) {
+            assert_eq!((s * 1e9).round() as u64, ns);
+        }
+    }
 
     #[test]
     fn histograms_are_cumulative_and_render_as_prometheus_text() {

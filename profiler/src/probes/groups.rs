@@ -192,6 +192,18 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ),
 ];
 
+/// The programs the in-kernel aggregation needs (`report_mode::AGGREGATE`): the park and its
+/// wake-up time a wait, the slow-path entries name its site. The others would only cost the
+/// target their hits: in that mode they report nothing.
+pub const AGGREGATING_PROGRAMS: &[&str] = &[
+    "gopark",
+    "ready",
+    "semacquire1",
+    "mutex_lock_slow",
+    "rwmutex_lock",
+    "rwmutex_rlock_slow",
+];
+
 /// Parse "lifecycle,park" (or "all").
 pub fn parse_groups(list: &str) -> Result<Vec<ProbeGroup>, String> {
     if list.trim() == "all" {
@@ -234,6 +246,13 @@ mod tests {
         slots.dedup();
         assert_eq!(slots.len(), PROGRAMS.len(), "slots are unique");
         assert!(slots.iter().all(|s| *s < slot::USED));
+    }
+
+    #[test]
+    fn aggregating_programs_exist() {
+        for name in AGGREGATING_PROGRAMS {
+            assert!(PROGRAMS.iter().any(|p| p.program == *name), "{name}");
+        }
     }
 
     #[test]

@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
 use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
-use profiler_common::{Event, GoOffsets, probe_slot};
+use profiler_common::{
+    Event, GoOffsets, PendingWait, TRACKED_REASONS, WaitKey, WaitTotals, drop_slot, probe_slot,
+};
 
 use crate::error::InspectError;
 use crate::gobin::GoBinary;
@@ -120,8 +122,9 @@ impl Plan {
     }
 }
 
-/// The runtime offsets the programs need, from the binary's DWARF or the per-release table.
-pub fn go_offsets(binary: &GoBinary<'_>, emit: bool) -> Result<GoOffsets, InspectError> {
+/// The runtime offsets the programs need, from the binary's DWARF or the per-release table;
+/// `mode` is a `profiler_common::report_mode` value.
+pub fn go_offsets(binary: &GoBinary<'_>, mode: u32) -> Result<GoOffsets, InspectError> {
     let get = |key: &str| -> Result<u32, InspectError> {
         binary
             .offsets
@@ -141,8 +144,9 @@ pub fn go_offsets(binary: &GoBinary<'_>, emit: bool) -> Result<GoOffsets, Inspec
         g_gopc: get("g.gopc")?,
         m_curg: get("m.curg")?,
         hchan_dataqsiz: get("hchan.dataqsiz")?,
-        emit: u32::from(emit),
+        mode,
         stack_slots: 0,
+        reason_track: [0; TRACKED_REASONS],
     })
 }
 
@@ -157,6 +161,9 @@ pub struct Probes {
     hits: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     stacks: Option<StackTraceMap<MapData>>,
+    /// The in-kernel aggregation's maps (report_mode::AGGREGATE).
+    waits: PerCpuHashMap<MapData, WaitKey, WaitTotals>,
+    pending: HashMap<MapData, u64, PendingWait>,
     logger: Option<aya_log::EbpfLogger<TracingLog>>,
     /// Benchmarks: the empty program at every attach point instead of the real ones.
     floor: bool,
@@ -203,6 +210,10 @@ impl Probes {
         let stacks = ebpf
             .take_map("STACKS")
             .and_then(|m| StackTraceMap::try_from(m).ok());
+        let waits = PerCpuHashMap::try_from(take(&mut ebpf, "WAITS")?)
+            .map_err(|e| bpf_error("map WAITS", &e))?;
+        let pending = HashMap::try_from(take(&mut ebpf, "PENDING")?)
+            .map_err(|e| bpf_error("map PENDING", &e))?;
         Ok(Probes {
             ebpf,
             pid,
@@ -213,6 +224,8 @@ impl Probes {
             hits,
             drops,
             stacks,
+            waits,
+            pending,
             logger,
             floor: false,
             only: None,
@@ -395,10 +408,38 @@ impl Probes {
 
     /// Events the kernel side could not queue (ring buffer full).
     pub fn drops(&self) -> u64 {
+        self.dropped(drop_slot::RING_FULL)
+    }
+
+    /// Waits the in-kernel aggregation could not count (its wait-key map was full).
+    pub fn aggregate_overflow(&self) -> u64 {
+        self.dropped(drop_slot::AGGREGATE_OVERFLOW)
+    }
+
+    fn dropped(&self, slot: u32) -> u64 {
         self.drops
-            .get(&0, 0)
+            .get(&slot, 0)
             .map(|v| v.iter().sum::<u64>())
             .unwrap_or(0)
+    }
+
+    /// The in-kernel aggregation's totals so far (cumulative since load), summed over CPUs.
+    /// A key deleted by nobody cannot vanish mid-iteration; an unreadable entry is skipped.
+    pub fn wait_totals(&self) -> Vec<(WaitKey, WaitTotals)> {
+        self.waits
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| (key, sum_per_cpu(per_cpu.iter())))
+            .collect()
+    }
+
+    /// Forget the parks the kernel waits to see readied: after a detached window their
+    /// wake-ups may have gone unseen, and a later wake-up must not be timed from them.
+    pub fn forget_pending_waits(&mut self) {
+        let keys: Vec<u64> = self.pending.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.pending.remove(&key);
+        }
     }
 
     /// Move up to `max` queued events into `out` (bounded, so a flood cannot starve the
@@ -428,6 +469,20 @@ impl Drop for Probes {
     fn drop(&mut self) {
         self.detach_all();
     }
+}
+
+/// One key's totals over CPUs: counts and totals add up, the max is the largest.
+pub fn sum_per_cpu<'a>(values: impl Iterator<Item = &'a WaitTotals>) -> WaitTotals {
+    let mut sum = WaitTotals::default();
+    for v in values {
+        sum.count += v.count;
+        sum.total_ns = sum.total_ns.saturating_add(v.total_ns);
+        sum.max_ns = sum.max_ns.max(v.max_ns);
+        for (s, b) in sum.buckets.iter_mut().zip(v.buckets) {
+            *s += b;
+        }
+    }
+    sum
 }
 
 /// One ring-buffer record → Event (None when the size does not match).
@@ -463,6 +518,7 @@ impl log::Log for TracingLog {
 pub fn bpf_error(context: &str, err: &(dyn std::error::Error + 'static)) -> InspectError {
     let mut chain = Some(err);
     let mut text = String::new();
+    let mut denied = false;
     while let Some(e) = chain {
         if !text.is_empty() {
             text.push_str(": ");
@@ -471,11 +527,17 @@ pub fn bpf_error(context: &str, err: &(dyn std::error::Error + 'static)) -> Insp
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
         {
-            return permission(context);
+            denied = true;
         }
         chain = e.source();
     }
-    if text.contains("Operation not permitted") || text.contains("Permission denied") {
+    // The verifier refuses some programs with EACCES too: its log says so, not a privilege.
+    let verifier = text.contains("processed ") && text.contains(" insns");
+    if !verifier
+        && (denied
+            || text.contains("Operation not permitted")
+            || text.contains("Permission denied"))
+    {
         return permission(context);
     }
     InspectError::io(context.to_string(), std::io::Error::other(text))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use profiler_common::Event;
+use profiler_common::{Event, WaitKey, WaitTotals, report_mode};
 use serde::Serialize;
 
 use crate::error::InspectError;
@@ -48,6 +48,10 @@ pub struct TraceOptions {
     pub floor: bool,
     /// Benchmarks: attach only these programs of the chosen groups.
     pub only_programs: Option<Vec<String>>,
+    /// Time contended waits in the kernel and hand the sink their totals
+    /// (`Output::KernelWaits`) instead of events: no ring-buffer traffic, and only the
+    /// programs that aggregate are attached (the daemon's histograms need no more).
+    pub aggregate: bool,
 }
 
 impl TraceOptions {
@@ -69,6 +73,7 @@ impl TraceOptions {
                 .collect(),
             floor: false,
             only_programs: None,
+            aggregate: false,
         }
     }
 }
@@ -120,6 +125,12 @@ pub enum Output<'a> {
     },
     /// Every governor period: hits so far per probe group (cumulative since attach).
     Hits(&'a BTreeMap<ProbeGroup, u64>),
+    /// With `TraceOptions::aggregate`, every governor period and once after the detach: the
+    /// kernel's wait totals so far (cumulative since attach), and the decoder to name them.
+    KernelWaits {
+        waits: &'a [(WaitKey, WaitTotals)],
+        decoder: &'a dyn EventDecoder,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -194,16 +205,30 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
     let bias = load_bias(pid, &binary)?;
     let exe_path = process::exe_path(pid)?;
     let plan = Plan::for_binary(&binary);
-    let mut offsets = loader::go_offsets(&binary, true)?;
-    offsets.stack_slots = crate::probes::groups::PROGRAMS
-        .iter()
-        .filter(|p| opts.stack_programs.iter().any(|s| s == p.program))
-        .fold(0, |mask, p| mask | (1 << p.slot));
+    let decoder = Decoder::new(&binary, bias);
+    let mut offsets;
+    let mut only_programs = opts.only_programs.clone();
+    if opts.aggregate {
+        offsets = loader::go_offsets(&binary, report_mode::AGGREGATE)?;
+        offsets.reason_track =
+            crate::analysis::contention::reason_track(|code| decoder.reason_text(code));
+        only_programs.get_or_insert_with(|| {
+            crate::probes::groups::AGGREGATING_PROGRAMS
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        });
+    } else {
+        offsets = loader::go_offsets(&binary, report_mode::EVENTS)?;
+        offsets.stack_slots = crate::probes::groups::PROGRAMS
+            .iter()
+            .filter(|p| opts.stack_programs.iter().any(|s| s == p.program))
+            .fold(0, |mask, p| mask | (1 << p.slot));
+    }
     let mut probes = Probes::load(pid, &exe_path, plan, offsets)?;
     probes.set_floor(opts.floor);
-    probes.set_only(opts.only_programs.clone());
+    probes.set_only(only_programs);
     let mut stacks: std::collections::HashMap<u32, Vec<String>> = Default::default();
-    let decoder = Decoder::new(&binary, bias);
 
     let notice = |notice: &'static str, message: String, action: Option<Action>| Notice {
         ts_ns: monotonic_ns(),
@@ -287,6 +312,15 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
     let mut events_total = 0u64;
     let mut raw = Vec::new();
     let mut last_drops = 0u64;
+    let mut last_overflow = 0u64;
+    let kernel_waits = |probes: &Probes, sink: &mut dyn FnMut(Output<'_>)| {
+        if opts.aggregate {
+            sink(Output::KernelWaits {
+                waits: &probes.wait_totals(),
+                decoder: &decoder,
+            });
+        }
+    };
 
     let end = runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
@@ -367,6 +401,19 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                         )));
                         last_drops = drops;
                     }
+                    let overflow = probes.aggregate_overflow();
+                    if overflow > last_overflow {
+                        sink(Output::Notice(&notice(
+                            "drops",
+                            format!(
+                                "{} waits lost: the in-kernel wait map was full",
+                                overflow - last_overflow
+                            ),
+                            None,
+                        )));
+                        last_overflow = overflow;
+                    }
+                    kernel_waits(&probes, &mut sink);
                     let loads = measure(&probes, &mut meter, &hit_cost, &mut stats);
                     let hits = probes.hits();
                     let per_group: BTreeMap<ProbeGroup, u64> = stats
@@ -407,6 +454,9 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                                 )));
                             }
                             Action::Reattach { group } => {
+                                if *group == ProbeGroup::Park {
+                                    probes.forget_pending_waits();
+                                }
                                 match probes.attach_group(*group) {
                                     Ok(_) => {
                                         meter.attached_at.insert(*group, Instant::now());
@@ -441,6 +491,7 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                 break;
             }
         }
+        kernel_waits(&probes, &mut sink);
         result
     })?;
 
