@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 
 use crate::goruntime::heap::{AddrMap, AddrSet, Heap, HeapObject, Span, SpanId, prefetch};
-use crate::remote::memory::{Memory, give_back, scratch_buffer};
+use crate::remote::memory::{Memory, give_back, read_pieces};
 
 /// Large objects read per `read_many` batch.
 const BATCH_OBJECTS: usize = 2048;
@@ -229,24 +229,12 @@ impl<'h, 'm> Marker<'h, 'm> {
                 batch.push((id, span));
             }
         }
-        let total: usize = batch
+        let pieces: Vec<(u64, usize)> = batch
             .iter()
-            .map(|(_, s)| (s.limit - s.start) as usize)
-            .sum();
-        let mut buffer = scratch_buffer(total);
-        let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(batch.len());
-        let mut rest = buffer.as_mut_slice();
-        for (_, span) in &batch {
-            let (piece, tail) = rest.split_at_mut((span.limit - span.start) as usize);
-            requests.push((span.start, piece));
-            rest = tail;
-        }
-        let results = self.mem.read_many(&mut requests);
-        drop(requests);
-        let mut offset = 0usize;
-        for (result, (id, span)) in results.into_iter().zip(batch) {
-            let bytes = offset..offset + (span.limit - span.start) as usize;
-            offset = bytes.end;
+            .map(|(_, s)| (s.start, (s.limit - s.start) as usize))
+            .collect();
+        let (buffer, placed) = read_pieces(self.mem, &pieces);
+        for ((bytes, result), (id, span)) in placed.into_iter().zip(batch) {
             match result {
                 Ok(()) => self.scan_span(id, &span, &buffer[bytes]),
                 Err(_) => {
@@ -344,25 +332,15 @@ impl<'h, 'm> Marker<'h, 'm> {
                 at += len;
             }
         }
-        // One buffer for the batch, cut into the pieces in order.
-        let total: usize = pieces.iter().map(|&(_, _, len)| len as usize).sum();
-        let mut buffer = scratch_buffer(total);
-        let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len());
-        let mut rest = buffer.as_mut_slice();
-        for &(_, addr, len) in &pieces {
-            let (piece, tail) = rest.split_at_mut(len as usize);
-            requests.push((addr, piece));
-            rest = tail;
-        }
-        let results = self.mem.read_many(&mut requests);
-        drop(requests);
-        let mut offset = 0usize;
-        for (result, &(base, addr, len)) in results.into_iter().zip(&pieces) {
-            let piece = offset..offset + len as usize;
-            offset = piece.end;
+        let reads: Vec<(u64, usize)> = pieces
+            .iter()
+            .map(|&(_, addr, len)| (addr, len as usize))
+            .collect();
+        let (buffer, placed) = read_pieces(self.mem, &reads);
+        for ((bytes, result), &(base, addr, _)) in placed.into_iter().zip(&pieces) {
             self.current = Some(base);
             match result {
-                Ok(()) => self.scan_bytes(&buffer[piece], addr),
+                Ok(()) => self.scan_bytes(&buffer[bytes], addr),
                 Err(_) => self.stats.unreadable += 1,
             }
         }

@@ -90,6 +90,36 @@ pub fn give_back(buf: Vec<u8>) {
     }
 }
 
+/// Where one piece's bytes are in the buffer of [`read_pieces`], and whether its read worked.
+pub type PlacedRead = (std::ops::Range<usize>, Result<(), MemError>);
+
+/// Read `pieces` (address, length) with one `read_many` into one scratch buffer cut in order:
+/// returns the buffer (hand it back with [`give_back`]) and, per piece, where its bytes are in
+/// it and whether the read succeeded.
+pub fn read_pieces(mem: &dyn Memory, pieces: &[(u64, usize)]) -> (Vec<u8>, Vec<PlacedRead>) {
+    let total: usize = pieces.iter().map(|&(_, len)| len).sum();
+    let mut buffer = scratch_buffer(total);
+    let mut requests: Vec<(u64, &mut [u8])> = Vec::with_capacity(pieces.len());
+    let mut rest = buffer.as_mut_slice();
+    for &(addr, len) in pieces {
+        let (piece, tail) = rest.split_at_mut(len);
+        requests.push((addr, piece));
+        rest = tail;
+    }
+    let results = mem.read_many(&mut requests);
+    let mut offset = 0;
+    let placed = results
+        .into_iter()
+        .zip(pieces)
+        .map(|(result, &(_, len))| {
+            let range = offset..offset + len;
+            offset = range.end;
+            (range, result)
+        })
+        .collect();
+    (buffer, placed)
+}
+
 /// Memory of a live process.
 pub struct ProcessMemory {
     pid: u32,
