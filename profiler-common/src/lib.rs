@@ -130,21 +130,12 @@ pub mod report_mode {
 pub mod wait_track {
     /// Not contention (sleep, IO, GC, ...): not timed.
     pub const NONE: u8 = 0;
-    /// Contention with no slow-path entry before the park (channels, select, Cond).
-    pub const NO_INTENT: u8 = 1;
-    /// Contention announced by a slow-path entry: intent slot = value - 2 (see [`intent`]).
-    pub const FIRST_INTENT: u8 = 2;
-}
-
-/// Slow-path entries the in-kernel aggregation remembers per goroutine: their return addresses
-/// name the waiting site when the park's own do not reach user code (a Mutex's park is four
-/// runtime and sync frames deep).
-pub mod intent {
-    pub const MUTEX: u8 = 0;
-    pub const RW_WRITE: u8 = 1;
-    pub const RW_READ: u8 = 2;
-    pub const SEMA: u8 = 3;
-    pub const COUNT: usize = 4;
+    /// Contention whose park's own return addresses name the site (channels, select, Cond).
+    pub const PARK: u8 = 1;
+    /// A sync wait (Mutex, RWMutex, WaitGroup, semaphore): its park is deep in the runtime and
+    /// sync, so the goroutine's latest runtime.semacquire1 return addresses come along (they
+    /// reach the user's frame).
+    pub const PARK_OR_SEMACQUIRE: u8 = 2;
 }
 
 /// Reason codes `GoOffsets::reason_track` covers (Go has about 40).
@@ -187,8 +178,9 @@ pub struct WaitKey {
     pub reason: u64,
     /// gopark's return addresses.
     pub park_frames: [u64; EVENT_FRAMES],
-    /// The latest slow-path entry's of the matching kind; zero when the reason has none.
-    pub intent_frames: [u64; EVENT_FRAMES],
+    /// The goroutine's latest runtime.semacquire1 return addresses, for sync waits
+    /// (`wait_track::PARK_OR_SEMACQUIRE`); zero for the others.
+    pub semacquire_frames: [u64; EVENT_FRAMES],
 }
 
 /// Wait times of one [`WaitKey`], per CPU: exact count, total and max; counts per bucket of
@@ -215,8 +207,8 @@ pub struct PendingWait {
 pub const WAIT_KEYS: u32 = 4096;
 /// Contended parks awaiting their wake-up (LRU: the oldest, e.g. leaked goroutines, go first).
 pub const PENDING_WAITS: u32 = 16384;
-/// Goroutines whose latest slow-path entries are remembered (LRU).
-pub const INTENT_ENTRIES: u32 = 8192;
+/// Goroutines whose latest semacquire1 return addresses are remembered (LRU).
+pub const SEMACQUIRE_ENTRIES: u32 = 8192;
 
 /// Slots of the EVENT_DROPS counters.
 pub mod drop_slot {

@@ -23,9 +23,9 @@ mod programs {
         programs::{ProbeContext, tracing::StackIdContext},
     };
     use profiler_common::{
-        EVENT_FRAMES, Event, GoOffsets, INTENT_ENTRIES, MAX_SELECT_CASES, PENDING_WAITS,
-        PendingWait, STACK_ENTRIES, TRACKED_REASONS, WAIT_KEYS, WaitKey, WaitTotals, drop_slot,
-        event_flag, event_kind as kind, intent, probe_slot as slot, report_mode, wait_bucket,
+        EVENT_FRAMES, Event, GoOffsets, MAX_SELECT_CASES, PENDING_WAITS, PendingWait,
+        SEMACQUIRE_ENTRIES, STACK_ENTRIES, TRACKED_REASONS, WAIT_KEYS, WaitKey, WaitTotals,
+        drop_slot, event_flag, event_kind as kind, probe_slot as slot, report_mode, wait_bucket,
         wait_track,
     };
 
@@ -56,11 +56,11 @@ mod programs {
     #[map]
     static PENDING: LruHashMap<u64, PendingWait> = LruHashMap::with_max_entries(PENDING_WAITS, 0);
 
-    /// AGGREGATE mode: each goroutine's latest slow-path entries (return addresses), by
-    /// `intent` slot: they name a lock wait's site, which the park's own frames do not reach.
+    /// AGGREGATE mode: each goroutine's latest runtime.semacquire1 return addresses: they
+    /// name a sync wait's site, which the park's own frames may not reach.
     #[map]
-    static INTENTS: LruHashMap<u64, [[u64; EVENT_FRAMES]; intent::COUNT]> =
-        LruHashMap::with_max_entries(INTENT_ENTRIES, 0);
+    static SEMACQUIRES: LruHashMap<u64, [u64; EVENT_FRAMES]> =
+        LruHashMap::with_max_entries(SEMACQUIRE_ENTRIES, 0);
 
     /// AGGREGATE mode: wait times per (reason, site addresses), read by userspace.
     #[map]
@@ -151,22 +151,10 @@ mod programs {
         frames
     }
 
-    /// AGGREGATE mode, at a slow-path entry of the running goroutine `g`.
+    /// AGGREGATE mode, at semacquire1 of the running goroutine `g`.
     #[inline(always)]
-    fn remember_intent(r: &pt_regs, g: u64, slot: usize) {
-        let frames = frames_at(r);
-        if INTENTS.get_ptr(&g).is_none() {
-            let empty = [[0u64; EVENT_FRAMES]; intent::COUNT];
-            let _ = INTENTS.insert(&g, &empty, 0);
-        }
-        if let Some(entry) = INTENTS.get_ptr_mut(&g) {
-            // SAFETY: a map value of this type; slot is a constant below intent::COUNT.
-            unsafe {
-                if let Some(s) = (*entry).get_mut(slot) {
-                    *s = frames;
-                }
-            }
-        }
+    fn remember_semacquire(r: &pt_regs, g: u64) {
+        let _ = SEMACQUIRES.insert(&g, &frames_at(r), 0);
     }
 
     /// `GoOffsets::reason_track[reason]`, read in place: a copy on the stack could not be
@@ -204,19 +192,14 @@ mod programs {
             key: WaitKey {
                 reason: u64::from(reason),
                 park_frames: frames_at(r),
-                intent_frames: [0; EVENT_FRAMES],
+                semacquire_frames: [0; EVENT_FRAMES],
             },
         };
-        if track >= wait_track::FIRST_INTENT {
-            let slot = (track - wait_track::FIRST_INTENT) as usize;
-            // Bounded for the verifier (as in `reason_track`); intent::COUNT is a power of 2.
-            let slot = core::hint::black_box(slot) & (intent::COUNT - 1);
-            if let Some(entry) = INTENTS.get_ptr(&g) {
-                // SAFETY: a map value of this type, read once.
-                if let Some(frames) = unsafe { (*entry).get(slot) } {
-                    pending.key.intent_frames = *frames;
-                }
-            }
+        if track == wait_track::PARK_OR_SEMACQUIRE
+            && let Some(frames) = SEMACQUIRES.get_ptr(&g)
+        {
+            // SAFETY: a map value of this type, read once.
+            pending.key.semacquire_frames = unsafe { *frames };
         }
         let _ = PENDING.insert(&g, &pending, 0);
     }
@@ -318,40 +301,12 @@ mod programs {
     #[inline(always)]
     fn simple(ctx: &ProbeContext, probe: u32, event_kind: u16, object: u64, flags: u8) -> u32 {
         let Some(off) = enter(probe) else { return 0 };
-        simple_event(ctx, &off, probe, event_kind, object, flags);
-        0
-    }
-
-    #[inline(always)]
-    fn simple_event(
-        ctx: &ProbeContext,
-        off: &GoOffsets,
-        probe: u32,
-        event_kind: u16,
-        object: u64,
-        flags: u8,
-    ) {
-        let goid = goid_of(regs(ctx).r14, off);
+        let goid = goid_of(regs(ctx).r14, &off);
         emit(ctx, probe, event_kind, |e| {
             e.goid = goid;
             e.object = object;
             e.flags = flags;
         });
-    }
-
-    /// A slow-path entry: an event, or (AGGREGATE mode) remembered as the running goroutine's
-    /// latest intent of its kind.
-    #[inline(always)]
-    fn intent_probe(ctx: &ProbeContext, probe: u32, event_kind: u16, object: u64, slot: u8) -> u32 {
-        let Some(off) = enter_wait(probe) else {
-            return 0;
-        };
-        if off.mode == report_mode::AGGREGATE {
-            let r = regs(ctx);
-            remember_intent(r, r.r14, slot as usize);
-        } else {
-            simple_event(ctx, &off, probe, event_kind, object, 0);
-        }
         0
     }
 
@@ -568,7 +523,7 @@ mod programs {
         };
         let r = regs(&ctx);
         if off.mode == report_mode::AGGREGATE {
-            remember_intent(r, r.r14, intent::SEMA as usize);
+            remember_semacquire(r, r.r14);
             return 0;
         }
         let goid = goid_of(r.r14, &off);
@@ -596,7 +551,7 @@ mod programs {
     #[uprobe]
     pub fn mutex_lock_slow(ctx: ProbeContext) -> u32 {
         let m = regs(&ctx).rax;
-        intent_probe(&ctx, slot::MUTEX_LOCK_SLOW, kind::LOCK, m, intent::MUTEX)
+        simple(&ctx, slot::MUTEX_LOCK_SLOW, kind::LOCK, m, 0)
     }
 
     /// (*Mutex).unlockSlow(m RAX, new EBX).
@@ -610,7 +565,7 @@ mod programs {
     #[uprobe]
     pub fn rwmutex_lock(ctx: ProbeContext) -> u32 {
         let rw = regs(&ctx).rax;
-        intent_probe(&ctx, slot::RWMUTEX_LOCK, kind::RWLOCK, rw, intent::RW_WRITE)
+        simple(&ctx, slot::RWMUTEX_LOCK, kind::RWLOCK, rw, 0)
     }
 
     /// sync.(*RWMutex).Unlock(rw RAX).
@@ -624,13 +579,7 @@ mod programs {
     #[uprobe]
     pub fn rwmutex_rlock_slow(ctx: ProbeContext) -> u32 {
         let sema = regs(&ctx).rax;
-        intent_probe(
-            &ctx,
-            slot::RWMUTEX_RLOCK_SLOW,
-            kind::RLOCK_WAIT,
-            sema,
-            intent::RW_READ,
-        )
+        simple(&ctx, slot::RWMUTEX_RLOCK_SLOW, kind::RLOCK_WAIT, sema, 0)
     }
 
     /// sync.(*RWMutex).rUnlockSlow(rw RAX, r EBX).

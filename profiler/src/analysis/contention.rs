@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use profiler_common::{
-    EVENT_FRAMES, Event, TRACKED_REASONS, WaitKey, event_kind as kind, intent, wait_track,
+    EVENT_FRAMES, Event, TRACKED_REASONS, WaitKey, event_kind as kind, wait_track,
 };
 use serde::Serialize;
 
@@ -86,31 +86,35 @@ impl WaitKind {
 }
 
 /// The in-kernel aggregation's view of each wait reason code (`GoOffsets::reason_track`):
-/// which parks are contention, and which slow-path entry names their site, by the same rules
-/// as [`Accountant::feed`] (the kinds of [`WaitKind::from_reason`]; WaitGroup waits before Go
-/// 1.24 park as "semacquire", a semaphore wait).
+/// which parks are contention (the kinds of [`WaitKind::from_reason`], as [`Accountant::feed`]
+/// counts them), and which need the goroutine's semacquire1 return addresses to name their site
+/// (the sync waits; WaitGroup waits before Go 1.24 park as "semacquire").
 pub fn reason_track(reason_text: impl Fn(u8) -> String) -> [u8; TRACKED_REASONS] {
     let mut track = [wait_track::NONE; TRACKED_REASONS];
     for (code, t) in track.iter_mut().enumerate() {
-        let Some(kind) = WaitKind::from_reason(&reason_text(code as u8)) else {
-            continue;
+        *t = match WaitKind::from_reason(&reason_text(code as u8)) {
+            None => wait_track::NONE,
+            Some(
+                WaitKind::Mutex
+                | WaitKind::RwmutexRead
+                | WaitKind::RwmutexWrite
+                | WaitKind::Waitgroup
+                | WaitKind::Semaphore,
+            ) => wait_track::PARK_OR_SEMACQUIRE,
+            Some(WaitKind::Cond | WaitKind::ChanRecv | WaitKind::ChanSend | WaitKind::Select) => {
+                wait_track::PARK
+            }
         };
-        let intent = match kind {
-            WaitKind::Mutex => Some(intent::MUTEX),
-            WaitKind::RwmutexWrite => Some(intent::RW_WRITE),
-            WaitKind::RwmutexRead => Some(intent::RW_READ),
-            WaitKind::Waitgroup | WaitKind::Semaphore => Some(intent::SEMA),
-            WaitKind::Cond | WaitKind::ChanRecv | WaitKind::ChanSend | WaitKind::Select => None,
-        };
-        *t = intent.map_or(wait_track::NO_INTENT, |i| wait_track::FIRST_INTENT + i);
     }
     track
 }
 
-/// The (kind, waiting site) of one in-kernel aggregate, as [`Accountant::feed`] would name
-/// it from the same park and slow-path entry: the park's own frames when they reach user code,
-/// else the slow-path entry's. The site is None when neither captured a user frame; the kind is
-/// None for a reason that is not contention (the kernel aggregates none).
+/// The (kind, waiting site) of one in-kernel aggregate: the first user frame of the park's
+/// own return addresses, else of the semacquire1 that led to it (a sync wait's park is too deep
+/// in the runtime for four return addresses to reach the user; the accountant uses the slow-path
+/// entry's for the same reason, and both name the first frame outside runtime and sync). The
+/// site is None when neither reaches a user frame; the kind is None for a reason that is not
+/// contention (the kernel aggregates none).
 pub fn kernel_wait_site(
     decoder: &dyn EventDecoder,
     key: &WaitKey,
@@ -120,8 +124,8 @@ pub fn kernel_wait_site(
     let kind = WaitKind::from_reason(&reason)?;
     let site = match park.stack.first() {
         Some(f) => Some(f.clone()),
-        None if key.intent_frames.iter().any(|&pc| pc != 0) => {
-            symbolize(decoder, &key.intent_frames)
+        None if key.semacquire_frames.iter().any(|&pc| pc != 0) => {
+            symbolize(decoder, &key.semacquire_frames)
                 .stack
                 .first()
                 .cloned()
@@ -1035,28 +1039,28 @@ mod tests {
     }
 
     #[test]
-    fn reason_track_marks_contention_and_its_slow_path() {
+    fn reason_track_marks_contention_and_sync_waits() {
         let decoder = Lines(&["main.run"]);
         let track = reason_track(|code| decoder.reason_text(code));
-        let first = wait_track::FIRST_INTENT;
         assert_eq!(
             track[..6],
             [
-                first + intent::SEMA,
-                first + intent::MUTEX,
-                wait_track::NO_INTENT,
+                wait_track::PARK_OR_SEMACQUIRE,
+                wait_track::PARK_OR_SEMACQUIRE,
+                wait_track::PARK,
                 wait_track::NONE,
-                wait_track::NO_INTENT,
+                wait_track::PARK,
                 wait_track::NONE,
             ]
         );
         assert!(track[6..].iter().all(|&t| t == wait_track::NONE));
     }
 
-    /// The kernel's aggregate of one (park, slow-path entry) pair is named as the accountant
-    /// names the same wait from the events the kernel would otherwise have sent.
+    /// A kernel aggregate is named by the first user frame of its park, else of its
+    /// semacquire1; a WaitGroup wait parked as "semacquire" is told by its park's frames, as
+    /// the accountant tells it from the same park event.
     #[test]
-    fn kernel_aggregates_are_named_like_the_accountants_waits() {
+    fn kernel_aggregates_are_named_by_their_first_user_frame() {
         let decoder = Lines(&[
             "runtime.gopark",
             "runtime.semacquire1",
@@ -1066,60 +1070,69 @@ mod tests {
             "main.serve",
             "main.serve.deferwrap1",
         ]);
-        let track = reason_track(|code| decoder.reason_text(code));
-        // (reason code, park frames, slow-path frames): a Mutex park whose own frames stay in
-        // the runtime, one that reaches user code, a WaitGroup wait parked as "semacquire",
-        // a plain semaphore, a channel receive, a park with no user frame at all.
-        let cases: [(u8, [u64; EVENT_FRAMES], [u64; EVENT_FRAMES]); 6] = [
-            (1, [7, 8, 9, 0], [9, 4, 5, 0]),
-            (1, [7, 8, 4, 5], [9, 12, 0, 0]),
-            (0, [7, 8, 3, 4], [8, 3, 4, 0]),
-            (0, [7, 8, 9, 0], [8, 13, 0, 0]),
-            (2, [7, 12, 0, 0], [0; EVENT_FRAMES]),
-            (2, [7, 8, 0, 0], [0; EVENT_FRAMES]),
+        let key = |reason: u8, park_frames, semacquire_frames| WaitKey {
+            reason: u64::from(reason),
+            park_frames,
+            semacquire_frames,
+        };
+        let site = |f: &str, line| Some(frame(f, line));
+        let cases = [
+            // A Mutex park whose own frames stay in the runtime: semacquire1's name the site.
+            (
+                key(1, [7, 8, 9, 0], [8, 9, 4, 5]),
+                WaitKind::Mutex,
+                site("main.run", 4),
+            ),
+            // One whose own frames reach user code.
+            (
+                key(1, [7, 8, 9, 5], [8, 12, 0, 0]),
+                WaitKind::Mutex,
+                site("main.serve", 5),
+            ),
+            // A WaitGroup wait parked as plain "semacquire"; a plain semaphore.
+            (
+                key(0, [7, 8, 3, 4], [8, 3, 4, 0]),
+                WaitKind::Waitgroup,
+                site("main.run", 4),
+            ),
+            (
+                key(0, [7, 8, 9, 0], [8, 13, 0, 0]),
+                WaitKind::Semaphore,
+                site("main.serve", 13),
+            ),
+            // A channel receive; a park with no user frame at all.
+            (
+                key(2, [7, 12, 0, 0], [0; EVENT_FRAMES]),
+                WaitKind::ChanRecv,
+                site("main.serve", 12),
+            ),
+            (
+                key(2, [7, 8, 0, 0], [0; EVENT_FRAMES]),
+                WaitKind::ChanRecv,
+                None,
+            ),
         ];
-        for (reason, park_frames, intent_frames) in cases {
-            let t = track[reason as usize];
-            let key = WaitKey {
-                reason: u64::from(reason),
-                park_frames,
-                intent_frames: if t >= wait_track::FIRST_INTENT {
-                    intent_frames
-                } else {
-                    [0; EVENT_FRAMES]
+        for (k, kind, site) in cases {
+            assert_eq!(kernel_wait_site(&decoder, &k), Some((kind, site)), "{k:?}");
+            // The accountant names the park event with the same frames alike.
+            let park = observe(
+                &decoder,
+                &Event {
+                    kind: kind::PARK,
+                    reason: k.reason as u8,
+                    frames: k.park_frames,
+                    object: 0x1000,
+                    ..Event::default()
                 },
-            };
-            let ours = kernel_wait_site(&decoder, &key);
-
-            let intent_kind = match t.checked_sub(wait_track::FIRST_INTENT) {
-                Some(intent::MUTEX) => Some(kind::LOCK),
-                Some(intent::SEMA) => Some(kind::SEM_ACQUIRE),
-                _ => None,
-            };
-            let event = |ts_ns, kind, frames| Event {
-                ts_ns,
-                goid: 5,
-                peer_goid: 5,
-                object: 0x1000,
-                kind,
-                reason,
-                frames,
-                ..Event::default()
-            };
-            let mut acc = Accountant::new(true);
-            if let Some(k) = intent_kind {
-                acc.feed(&observe(&decoder, &event(1, k, intent_frames)));
+            );
+            if let Op::Park { reason, .. } = &park.op {
+                assert_eq!(WaitKind::from_reason(reason), Some(kind), "{k:?}");
             }
-            acc.feed(&observe(&decoder, &event(2, kind::PARK, park_frames)));
-            let mut wake = event(9, kind::WAKE, [0; EVENT_FRAMES]);
-            wake.goid = 0;
-            acc.feed(&observe(&decoder, &wake));
-            let theirs = acc
-                .waits
-                .first()
-                .map(|w| (w.kind, w.stack.first().cloned()));
-            assert_eq!(ours, theirs, "{reason} {park_frames:?} {intent_frames:?}");
         }
+        assert_eq!(
+            kernel_wait_site(&decoder, &key(3, [7, 12, 0, 0], [0; 4])),
+            None
+        );
     }
 
     #[test]

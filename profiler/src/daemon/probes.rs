@@ -168,7 +168,10 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
                     None if n.notice == "drops" => {
                         s.lost += leading_number(&n.message);
                     }
-                    None if n.notice == "attached" => s.attached = true,
+                    None if n.notice == "attached" => {
+                        s.attached = true;
+                        info!(pid, "{}", n.message);
+                    }
                     None if n.notice == "detached" => s.attached = false,
                     None => {}
                 }

@@ -193,16 +193,10 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 ];
 
 /// The programs the in-kernel aggregation needs (`report_mode::AGGREGATE`): the park and its
-/// wake-up time a wait, the slow-path entries name its site. The others would only cost the
-/// target their hits: in that mode they report nothing.
-pub const AGGREGATING_PROGRAMS: &[&str] = &[
-    "gopark",
-    "ready",
-    "semacquire1",
-    "mutex_lock_slow",
-    "rwmutex_lock",
-    "rwmutex_rlock_slow",
-];
+/// wake-up time a wait, semacquire1 names a sync wait's site. The others would only cost the
+/// target their hits (the Mutex slow path fires hundreds of thousands of times a second on a
+/// contended lock, mostly without blocking): in that mode they report nothing.
+pub const AGGREGATING_PROGRAMS: &[&str] = &["gopark", "ready", "semacquire1"];
 
 /// Parse "lifecycle,park" (or "all").
 pub fn parse_groups(list: &str) -> Result<Vec<ProbeGroup>, String> {
