@@ -80,8 +80,27 @@ impl Bg {
     }
 }
 
-fn compare(ctx: &str, ours: &BTreeMap<String, f64>, oracle: &BTreeMap<String, f64>) -> f64 {
-    pprof::compare(ctx, ours, oracle, MAX_RATIO_ERROR)
+/// `parkscope profile` over a fixture's whole contended workload: attached first, then the
+/// fixture's "go" file, the workload until `result_file` appears, SIGINT after two more drain
+/// periods (so the last events are out of the ring buffer). Asserts a clean exit with no
+/// governor gap at the 50% budget; returns parkscope's stderr.
+fn profile_workload(running: &RunningFixture, args: &[&str], result_file: &str) -> Vec<String> {
+    let pid = running.pid().to_string();
+    let mut all = vec!["profile", "--pid", &pid, "--duration", "5m"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--budget-percent", "50", "--no-calibrate"]);
+    let mut profile = Bg::start(&all);
+    profile.wait_for("attached", Duration::from_secs(30));
+    std::fs::write(running.out_dir.join("go"), b"").unwrap();
+    wait_for_file(&running.out_dir.join(result_file), Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, stderr) = profile.interrupt();
+    assert_eq!(code, 0, "{stderr:#?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains("partial window")),
+        "the governor stepped in at a 50% budget: {stderr:#?}"
+    );
+    stderr
 }
 
 fn check_oracle(binary: &FixtureBinary) {
@@ -89,41 +108,31 @@ fn check_oracle(binary: &FixtureBinary) {
     let running = RunningFixture::start(&binary.path);
     let dir = &running.out_dir;
     let out = dir.join("contention.pb.gz");
-    let pid = running.pid().to_string();
-    let mut profile = Bg::start(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--duration",
-        "5m",
-        "-o",
-        out.to_str().unwrap(),
-        "--probes",
-        "park,locks,channels",
-        "--budget-percent",
-        "50",
-        "--no-calibrate",
-    ]);
-    profile.wait_for("attached", Duration::from_secs(30));
-    std::fs::write(dir.join("go"), b"").unwrap();
-    wait_for_file(&dir.join("contention_result.json"), Duration::from_secs(60));
-    // Two drain periods, so the last events are out of the ring buffer.
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, stderr) = profile.interrupt();
-    assert_eq!(code, 0, "{ctx}: {stderr:#?}");
+    let stderr = profile_workload(
+        &running,
+        &[
+            "-o",
+            out.to_str().unwrap(),
+            "--probes",
+            "park,locks,channels",
+        ],
+        "contention_result.json",
+    );
     assert!(
         stderr.iter().any(|l| l.contains("wrote")),
         "{ctx}: {stderr:#?}"
-    );
-    assert!(
-        !stderr.iter().any(|l| l.contains("partial window")),
-        "{ctx}: the governor stepped in at a 50% budget: {stderr:#?}"
     );
 
     // Waiting sites against Go's block profile (which charges the waiter's stack).
     let ours = delay_by_site(&out, &binary.go);
     let go_block = delay_by_site(&dir.join("block.pprof"), &binary.go);
-    let worst = compare(&format!("{ctx} waiting"), &ours, &go_block);
+    let worst = pprof::compare(
+        &format!("{ctx} waiting"),
+        &ours,
+        &go_block,
+        MAX_RATIO_ERROR,
+        3,
+    );
     eprintln!("{ctx}: waiting sites: worst ratio error {:.3}", worst);
     for site in ["main.consumeJobs", "main.postEntry", "main.readConfig"] {
         assert!(ours.contains_key(site), "{ctx}: {site} missing: {ours:?}");
@@ -215,29 +224,7 @@ fn check_sync_waits(binary: &FixtureBinary) {
     let running = RunningFixture::start(&binary.path);
     let dir = &running.out_dir;
     let out = dir.join("sync.pb.gz");
-    let pid = running.pid().to_string();
-    let mut profile = Bg::start(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--duration",
-        "5m",
-        "-o",
-        out.to_str().unwrap(),
-        "--budget-percent",
-        "50",
-        "--no-calibrate",
-    ]);
-    profile.wait_for("attached", Duration::from_secs(30));
-    std::fs::write(dir.join("go"), b"").unwrap();
-    wait_for_file(&dir.join("sync_result.json"), Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, stderr) = profile.interrupt();
-    assert_eq!(code, 0, "{ctx}: {stderr:#?}");
-    assert!(
-        !stderr.iter().any(|l| l.contains("partial window")),
-        "{ctx}: the governor stepped in at a 50% budget: {stderr:#?}"
-    );
+    profile_workload(&running, &["-o", out.to_str().unwrap()], "sync_result.json");
     let known: SyncResult =
         serde_json::from_str(&std::fs::read_to_string(dir.join("sync_result.json")).unwrap())
             .unwrap();
@@ -287,21 +274,9 @@ fn check_sync_waits(binary: &FixtureBinary) {
     // Go's block profile over the same window: the same sites, each within the margin.
     let ours = delay_by_site(&out, &binary.go);
     let go_block = delay_by_site(&dir.join("block.pprof"), &binary.go);
-    eprintln!("{ctx}: parkscope {ours:?}\n{ctx}: go        {go_block:?}");
-    let total: f64 = go_block.values().sum();
-    for (site, go) in go_block.iter().filter(|(_, v)| **v >= 0.05 * total) {
-        let mine = ours.get(site).copied().unwrap_or(0.0);
-        assert!(
-            (mine / go - 1.0).abs() <= MAX_RATIO_ERROR,
-            "{ctx}: {site}: parkscope {:.1}ms vs Go {:.1}ms",
-            mine / 1e6,
-            go / 1e6
-        );
-    }
-    let (mut a, mut b) = (top(&ours, 2), top(&go_block, 2));
+    pprof::compare(&ctx, &ours, &go_block, MAX_RATIO_ERROR, 2);
+    let mut a = top(&ours, 2);
     a.sort();
-    b.sort();
-    assert_eq!(a, b, "{ctx}: top-2 sites");
     assert_eq!(a, vec!["main.awaitShards", "main.awaitTicket"], "{ctx}");
 }
 
@@ -321,26 +296,11 @@ fn json_and_text_outputs_name_the_sites() {
     let pid = running.pid().to_string();
     let json_path = dir.join("c.json");
     let text_path = dir.join("c.txt");
-    let mut json = Bg::start(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--duration",
-        "5m",
-        "--format",
-        "json",
-        "-o",
-        json_path.to_str().unwrap(),
-        "--budget-percent",
-        "50",
-        "--no-calibrate",
-    ]);
-    json.wait_for("attached", Duration::from_secs(30));
-    std::fs::write(dir.join("go"), b"").unwrap();
-    wait_for_file(&dir.join("contention_result.json"), Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(300));
-    let (code, stderr) = json.interrupt();
-    assert_eq!(code, 0, "{stderr:#?}");
+    profile_workload(
+        &running,
+        &["--format", "json", "-o", json_path.to_str().unwrap()],
+        "contention_result.json",
+    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(v["partial"], false, "{v}");

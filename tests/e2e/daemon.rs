@@ -256,6 +256,34 @@ fn daemon_follows_processes_as_they_come_and_go() {
     assert_eq!(daemon.stop(), Some(0));
 }
 
+/// SIGTERM does not wait for a snapshot in progress: a 100k-goroutine process with its leak
+/// proof takes seconds to read (more in this debug build), and supervisors expect a prompt exit.
+#[test]
+fn daemon_exits_promptly_on_sigterm_mid_snapshot() {
+    let binary = fixture("bench_parked", "1.26", "plain");
+    let running =
+        RunningFixture::start_with_env(&binary.path, &[("PARKSCOPE_BENCH_GOROUTINES", "100000")]);
+    let mut daemon = Daemon::start(&["--pid", &running.pid().to_string()]);
+    // The first snapshot starts at once; let it get going, then stop the daemon.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !daemon.has_snapshot_of(running.pid()),
+        "the snapshot finished too soon for this test to mean anything"
+    );
+    let stopping = Instant::now();
+    assert_eq!(daemon.stop(), Some(0));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?} from SIGTERM to exit",
+        stopping.elapsed()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.pid())).unwrap();
+    assert!(
+        status.contains("TracerPid:\t0\n"),
+        "the target runs on, untraced"
+    );
+}
+
 #[test]
 fn daemon_memory_stays_bounded_across_process_churn() {
     let mut daemon = Daemon::start(&[
@@ -411,7 +439,13 @@ fn daemon_kernel_wait_histograms_agree_with_gos_block_profile() {
             *ours.entry(site.to_string()).or_default() += seconds * 1e9;
         }
         let go_block = delay_by_site(&dir.join("block.pprof"), &binary.go);
-        let worst = compare(&format!("{ctx} waiting"), &ours, &go_block, MAX_RATIO_ERROR);
+        let worst = compare(
+            &format!("{ctx} waiting"),
+            &ours,
+            &go_block,
+            MAX_RATIO_ERROR,
+            3,
+        );
         eprintln!("{ctx}: kernel-timed waiting sites: worst ratio error {worst:.3}");
     }
 }

@@ -103,12 +103,13 @@ pub fn top(sites: &BTreeMap<String, f64>, n: usize) -> Vec<String> {
 }
 
 /// Sites carrying at least 5% of `oracle`'s total must be within `margin` (a ratio error) in
-/// `ours`; the top-3 sets must be equal. Returns the worst ratio error.
+/// `ours`; the top-`top_n` sets must be equal. Returns the worst ratio error.
 pub fn compare(
     ctx: &str,
     ours: &BTreeMap<String, f64>,
     oracle: &BTreeMap<String, f64>,
     margin: f64,
+    top_n: usize,
 ) -> f64 {
     eprintln!("{ctx}: parkscope {ours:?}\n{ctx}: go        {oracle:?}");
     let total: f64 = oracle.values().sum();
@@ -128,9 +129,9 @@ pub fn compare(
             go / 1e6
         );
     }
-    let (mut a, mut b) = (top(ours, 3), top(oracle, 3));
+    let (mut a, mut b) = (top(ours, top_n), top(oracle, top_n));
     a.sort();
     b.sort();
-    assert_eq!(a, b, "{ctx}: top-3 sites");
+    assert_eq!(a, b, "{ctx}: top-{top_n} sites");
     worst
 }

@@ -177,7 +177,10 @@ pub fn run(args: DaemonArgs) -> Result<i32, InspectError> {
         .enable_all()
         .build()
         .map_err(|e| InspectError::io("starting the async runtime", e))?;
-    runtime.block_on(daemon::run(config))?;
+    let result = runtime.block_on(daemon::run(config));
+    // A snapshot still reading a big process is not waited for: it only reads the target.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result?;
     Ok(0)
 }
 

@@ -87,7 +87,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), crate::error::InspectError>
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| crate::error::InspectError::io("installing the SIGTERM handler", e))?;
     let mut tick = tokio::time::interval(config.discovery_interval.min(config.snapshot_interval));
-    loop {
+    'follow: loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = terminate.recv() => break,
@@ -106,7 +106,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), crate::error::InspectError>
         };
         for pid in due {
             let with_leaks = config.leaks;
-            let taken = tokio::task::spawn_blocking(move || take_snapshot(pid, with_leaks)).await;
+            // A snapshot with its leak proof can take seconds on a big process: SIGTERM does
+            // not wait for it (it only reads the target; the thread ends with the process).
+            let taken = tokio::select! {
+                taken = tokio::task::spawn_blocking(move || take_snapshot(pid, with_leaks)) => taken,
+                _ = terminate.recv() => break 'follow,
+                _ = tokio::signal::ctrl_c() => break 'follow,
+            };
             let mut shared = state.lock().unwrap();
             let Some(p) = shared.processes.get_mut(&pid) else {
                 continue;
