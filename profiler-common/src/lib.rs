@@ -205,8 +205,10 @@ pub struct PendingWait {
 /// Distinct wait keys the kernel aggregates per session; waits of further keys are counted in
 /// `EVENT_DROPS[AGGREGATE_OVERFLOW]` instead.
 pub const WAIT_KEYS: u32 = 4096;
-/// Contended parks awaiting their wake-up (LRU: the oldest, e.g. leaked goroutines, go first).
-pub const PENDING_WAITS: u32 = 16384;
+/// Contended parks awaiting their wake-up (LRU: the oldest, e.g. leaked goroutines or idle
+/// workers in a select, go first; their wake-ups are then counted in
+/// `EVENT_DROPS[UNTIMED]`).
+pub const PENDING_WAITS: u32 = 65536;
 /// Goroutines whose latest semacquire1 return addresses are remembered (LRU).
 pub const SEMACQUIRE_ENTRIES: u32 = 8192;
 
@@ -216,7 +218,10 @@ pub mod drop_slot {
     pub const RING_FULL: u32 = 0;
     /// A wait not aggregated: the wait-key map was full.
     pub const AGGREGATE_OVERFLOW: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// A contended wait whose park was not seen: it began before the probes attached, in a
+    /// governor gap, or its pending entry was evicted (more parked than `PENDING_WAITS`).
+    pub const UNTIMED: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Offsets into the Go runtime's structures that the eBPF programs need. Filled in by userspace
@@ -228,6 +233,8 @@ pub struct GoOffsets {
     pub g_m: u32,
     pub g_parent_goid: u32,
     pub g_gopc: u32,
+    /// g.waitreason (one byte): still the park's reason when runtime.ready runs.
+    pub g_waitreason: u32,
     pub m_curg: u32,
     pub hchan_dataqsiz: u32,
     /// A [`report_mode`] value.
@@ -245,6 +252,7 @@ impl Default for GoOffsets {
             g_m: 0,
             g_parent_goid: 0,
             g_gopc: 0,
+            g_waitreason: 0,
             m_curg: 0,
             hchan_dataqsiz: 0,
             mode: report_mode::COUNT,
@@ -287,6 +295,6 @@ mod tests {
             core::mem::size_of::<WaitTotals>(),
             8 * (3 + WAIT_BOUNDS_NS.len() + 1)
         );
-        assert_eq!(core::mem::size_of::<GoOffsets>(), 8 * 4 + TRACKED_REASONS);
+        assert_eq!(core::mem::size_of::<GoOffsets>(), 9 * 4 + TRACKED_REASONS);
     }
 }

@@ -14,7 +14,7 @@
 mod programs {
     use aya_ebpf::{
         Global,
-        bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP, pt_regs},
+        bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_RB_NO_WAKEUP, pt_regs},
         helpers::{
             bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         },
@@ -36,6 +36,7 @@ mod programs {
         g_m: 0,
         g_parent_goid: 0,
         g_gopc: 0,
+        g_waitreason: 0,
         m_curg: 0,
         hchan_dataqsiz: 0,
         mode: report_mode::COUNT,
@@ -62,10 +63,12 @@ mod programs {
     static SEMACQUIRES: LruHashMap<u64, [u64; EVENT_FRAMES]> =
         LruHashMap::with_max_entries(SEMACQUIRE_ENTRIES, 0);
 
-    /// AGGREGATE mode: wait times per (reason, site addresses), read by userspace.
+    /// AGGREGATE mode: wait times per (reason, site addresses), read by userspace. Not
+    /// preallocated (BPF_F_NO_PREALLOC): a per-CPU value per key per possible CPU adds up on
+    /// big machines, and a process has far fewer sites than the cap.
     #[map]
     static WAITS: PerCpuHashMap<WaitKey, WaitTotals> =
-        PerCpuHashMap::with_max_entries(WAIT_KEYS, 0);
+        PerCpuHashMap::with_max_entries(WAIT_KEYS, BPF_F_NO_PREALLOC);
 
     /// User stacks of the events whose probe userspace asked stack ids of (frame-pointer walk
     /// by the kernel; Go keeps frame pointers). Ids are reused for identical stacks.
@@ -184,7 +187,11 @@ mod programs {
     fn start_wait(r: &pt_regs, g: u64, reason: u8) {
         let track = reason_track(reason);
         if track == wait_track::NONE {
-            let _ = PENDING.remove(&g);
+            // Most parks (IO, sleep) have nothing pending: a lookup is cheaper than a delete,
+            // which takes the bucket's lock.
+            if PENDING.get_ptr(&g).is_some() {
+                let _ = PENDING.remove(&g);
+            }
             return;
         }
         let mut pending = PendingWait {
@@ -204,10 +211,20 @@ mod programs {
         let _ = PENDING.insert(&g, &pending, 0);
     }
 
-    /// AGGREGATE mode, at runtime.ready(gp): the end of gp's contended wait, if one is pending.
+    /// AGGREGATE mode, at runtime.ready(gp): the end of gp's contended wait, if one is pending;
+    /// a contended wait whose park was not seen is counted as untimed (g.waitreason still holds
+    /// the park's reason here: only gdestroy clears it).
     #[inline(always)]
-    fn finish_wait(gp: u64) {
+    fn finish_wait(gp: u64, off: &GoOffsets) {
         let Some(entry) = PENDING.get_ptr(&gp) else {
+            if gp != 0 {
+                let reason =
+                    unsafe { bpf_probe_read_user((gp + off.g_waitreason as u64) as *const u8) }
+                        .unwrap_or(0);
+                if reason_track(reason) != wait_track::NONE {
+                    bump(&EVENT_DROPS, drop_slot::UNTIMED);
+                }
+            }
             return;
         };
         // SAFETY: a map value of this type, copied before the entry goes.
@@ -358,7 +375,7 @@ mod programs {
         };
         let r = regs(&ctx);
         if off.mode == report_mode::AGGREGATE {
-            finish_wait(r.rax);
+            finish_wait(r.rax, &off);
             return 0;
         }
         let woken = goid_of(r.rax, &off);

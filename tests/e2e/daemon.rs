@@ -416,6 +416,16 @@ fn daemon_kernel_wait_histograms_agree_with_gos_block_profile() {
             Some(0.0),
             "{ctx}: no event crosses the ring buffer"
         );
+        // Nothing contended before "go", so every contended wake-up had its park seen.
+        assert_eq!(
+            metric(
+                &metrics,
+                "parkscope_probe_waits_untimed_total",
+                &[&pid_label]
+            ),
+            Some(0.0),
+            "{ctx}: untimed waits"
+        );
         assert!(
             !metrics
                 .lines()

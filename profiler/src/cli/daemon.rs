@@ -172,6 +172,21 @@ pub fn run(args: DaemonArgs) -> Result<i32, InspectError> {
         probe_budget: args.probe_budget_percent.unwrap_or(1.0) / 100.0,
         probe_events: args.probe_events,
     };
+    if !config.probe_events {
+        let idle: Vec<&str> = config
+            .probes
+            .iter()
+            .filter(|g| !parkscope::probes::groups::aggregates(**g))
+            .map(|g| g.name())
+            .collect();
+        if !idle.is_empty() {
+            tracing::warn!(
+                "--probes {}: not attached; with waits timed in the kernel only park and locks \
+                 are used (--probe-events sends every event instead)",
+                idle.join(",")
+            );
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -26,6 +26,7 @@ pub struct Metrics {
     probe_events: IntCounterVec,
     probe_hits: IntCounterVec,
     probe_lost: IntCounterVec,
+    probe_untimed: IntCounterVec,
     governor_detaches: IntCounterVec,
     probe_group_attached: IntGaugeVec,
     max_series: usize,
@@ -143,6 +144,14 @@ impl Metrics {
             "Events lost because the ring buffer was full (with --probes).",
             &["pid", "executable"],
         );
+        let probe_untimed = counter_vec(
+            &registry,
+            "parkscope_probe_waits_untimed_total",
+            "Contended wake-ups whose park the kernel did not see (with --probes, waits timed in \
+             the kernel): parked before the probes attached, during a governor gap, or evicted \
+             from the kernel's table of pending parks.",
+            &["pid", "executable"],
+        );
         let governor_detaches = counter_vec(
             &registry,
             "parkscope_governor_detaches_total",
@@ -160,6 +169,7 @@ impl Metrics {
             probe_events,
             probe_hits,
             probe_lost,
+            probe_untimed,
             governor_detaches,
             probe_group_attached,
             goroutines,
@@ -191,6 +201,7 @@ impl Metrics {
         self.probe_events.reset();
         self.probe_hits.reset();
         self.probe_lost.reset();
+        self.probe_untimed.reset();
         self.governor_detaches.reset();
         self.probe_group_attached.reset();
         let mut wait_series = CappedSeries::new(self.max_series);
@@ -262,6 +273,9 @@ impl Metrics {
                 self.probe_lost
                     .with_label_values(&[pid.as_str(), exe])
                     .inc_by(stats.lost);
+                self.probe_untimed
+                    .with_label_values(&[pid.as_str(), exe])
+                    .inc_by(stats.untimed);
                 for group in &stats.groups {
                     self.probe_hits
                         .with_label_values(&[pid.as_str(), exe, group])

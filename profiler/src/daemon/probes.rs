@@ -48,9 +48,11 @@ impl WaitHistogram {
         }
     }
 
-    /// Add one in-kernel aggregate (its buckets are per bound, not cumulative).
+    /// Add one in-kernel aggregate (its buckets are per bound, not cumulative). The count is
+    /// the buckets' sum, not the kernel's count field: a per-CPU value read while a wait is
+    /// being added may have one without the other, and Prometheus wants count == +Inf bucket.
     pub fn add(&mut self, totals: &WaitTotals) {
-        self.count += totals.count;
+        self.count += totals.buckets.iter().sum::<u64>();
         self.sum_ns = self.sum_ns.saturating_add(totals.total_ns);
         let mut below = 0;
         for (le, n) in self.le.iter_mut().zip(totals.buckets) {
@@ -73,6 +75,9 @@ pub struct ProbeStats {
     pub waits: BTreeMap<(&'static str, String), WaitHistogram>,
     pub events: u64,
     pub lost: u64,
+    /// Kernel-timed mode: contended wake-ups whose park was not seen (see
+    /// `Output::KernelWaits`).
+    pub untimed: u64,
     /// Probe hits per group so far (every hit costs the target, event or not).
     pub hits: BTreeMap<&'static str, u64>,
     pub detaches: BTreeMap<&'static str, u64>,
@@ -93,7 +98,13 @@ pub struct ProbeWatch {
 
 impl ProbeWatch {
     /// `aggregate`: time the waits in the kernel (see the module doc) rather than from events.
+    /// With `aggregate`, groups the kernel-timed mode has no program of (lifecycle, channels)
+    /// are left out: attached, they would report nothing.
     pub fn start(pid: u32, groups: Vec<ProbeGroup>, budget: f64, aggregate: bool) -> ProbeWatch {
+        let groups: Vec<ProbeGroup> = groups
+            .into_iter()
+            .filter(|g| !aggregate || crate::probes::groups::aggregates(*g))
+            .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(ProbeStats {
             groups: groups.iter().map(|g| g.name()).collect(),
@@ -135,7 +146,11 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
     let mut names: HashMap<WaitKey, Option<(&'static str, String)>> = HashMap::new();
     let result = session::run(&opts, |item| {
         match &item {
-            Output::KernelWaits { waits, decoder } => {
+            Output::KernelWaits {
+                waits,
+                untimed,
+                decoder,
+            } => {
                 // Cumulative in the kernel: the histograms are rebuilt from the totals.
                 let mut by_site: BTreeMap<(&'static str, String), WaitHistogram> = BTreeMap::new();
                 for (key, totals) in waits.iter() {
@@ -147,7 +162,9 @@ fn run(opts: TraceOptions, stats: Arc<Mutex<ProbeStats>>) {
                         by_site.entry(site).or_default().add(totals);
                     }
                 }
-                stats.lock().unwrap().waits = by_site;
+                let mut s = stats.lock().unwrap();
+                s.waits = by_site;
+                s.untimed = *untimed;
             }
             Output::Raw { event, decoder } => {
                 acc.feed(&obs.observe(*decoder, event));

@@ -198,6 +198,13 @@ pub const PROGRAMS: &[ProgramSpec] = &[
 /// contended lock, mostly without blocking): in that mode they report nothing.
 pub const AGGREGATING_PROGRAMS: &[&str] = &["gopark", "ready", "semacquire1"];
 
+/// Whether `group` has a program the in-kernel aggregation uses (park and locks do).
+pub fn aggregates(group: ProbeGroup) -> bool {
+    PROGRAMS
+        .iter()
+        .any(|p| p.group == group && AGGREGATING_PROGRAMS.contains(&p.program))
+}
+
 /// Parse "lifecycle,park" (or "all").
 pub fn parse_groups(list: &str) -> Result<Vec<ProbeGroup>, String> {
     if list.trim() == "all" {
@@ -247,6 +254,11 @@ mod tests {
         for name in AGGREGATING_PROGRAMS {
             assert!(PROGRAMS.iter().any(|p| p.program == *name), "{name}");
         }
+        let kernel_timed: Vec<ProbeGroup> = ProbeGroup::ALL
+            .into_iter()
+            .filter(|g| aggregates(*g))
+            .collect();
+        assert_eq!(kernel_timed, vec![Park, Locks]);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use aya::programs::UProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::{Ebpf, EbpfLoader};
 use profiler_common::{
-    Event, GoOffsets, PendingWait, TRACKED_REASONS, WaitKey, WaitTotals, drop_slot, probe_slot,
+    EVENT_FRAMES, Event, GoOffsets, PendingWait, TRACKED_REASONS, WaitKey, WaitTotals, drop_slot,
+    probe_slot, report_mode,
 };
 
 use crate::error::InspectError;
@@ -142,6 +143,7 @@ pub fn go_offsets(binary: &GoBinary<'_>, mode: u32) -> Result<GoOffsets, Inspect
         g_m: get("g.m")?,
         g_parent_goid: get("g.parentGoid")?,
         g_gopc: get("g.gopc")?,
+        g_waitreason: get("g.waitreason")?,
         m_curg: get("m.curg")?,
         hchan_dataqsiz: get("hchan.dataqsiz")?,
         mode,
@@ -164,6 +166,7 @@ pub struct Probes {
     /// The in-kernel aggregation's maps (report_mode::AGGREGATE).
     waits: PerCpuHashMap<MapData, WaitKey, WaitTotals>,
     pending: HashMap<MapData, u64, PendingWait>,
+    semacquires: HashMap<MapData, u64, [u64; EVENT_FRAMES]>,
     logger: Option<aya_log::EbpfLogger<TracingLog>>,
     /// Benchmarks: the empty program at every attach point instead of the real ones.
     floor: bool,
@@ -180,8 +183,22 @@ impl Probes {
         plan: Plan,
         offsets: GoOffsets,
     ) -> Result<Probes, InspectError> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global("GO_OFFSETS", &offsets, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global("GO_OFFSETS", &offsets, true);
+        // The maps of the other report mode stay at one entry (a page for the ring): the
+        // in-kernel aggregation's tables in event mode, the ring and the stack map when waits
+        // are timed in the kernel. Per followed process, that is megabytes of kernel memory.
+        if offsets.mode == report_mode::AGGREGATE {
+            loader
+                .map_max_entries("EVENTS", 4096)
+                .map_max_entries("STACKS", 1);
+        } else {
+            loader
+                .map_max_entries("PENDING", 1)
+                .map_max_entries("SEMACQUIRES", 1)
+                .map_max_entries("WAITS", 1);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| bpf_error("loading the eBPF programs", &e))?;
         let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, TracingLog).ok();
@@ -214,6 +231,8 @@ impl Probes {
             .map_err(|e| bpf_error("map WAITS", &e))?;
         let pending = HashMap::try_from(take(&mut ebpf, "PENDING")?)
             .map_err(|e| bpf_error("map PENDING", &e))?;
+        let semacquires = HashMap::try_from(take(&mut ebpf, "SEMACQUIRES")?)
+            .map_err(|e| bpf_error("map SEMACQUIRES", &e))?;
         Ok(Probes {
             ebpf,
             pid,
@@ -226,6 +245,7 @@ impl Probes {
             stacks,
             waits,
             pending,
+            semacquires,
             logger,
             floor: false,
             only: None,
@@ -416,6 +436,11 @@ impl Probes {
         self.dropped(drop_slot::AGGREGATE_OVERFLOW)
     }
 
+    /// Contended wake-ups whose park the in-kernel aggregation did not see (`drop_slot::UNTIMED`).
+    pub fn untimed_waits(&self) -> u64 {
+        self.dropped(drop_slot::UNTIMED)
+    }
+
     fn dropped(&self, slot: u32) -> u64 {
         self.drops
             .get(&slot, 0)
@@ -439,6 +464,15 @@ impl Probes {
         let keys: Vec<u64> = self.pending.keys().filter_map(Result::ok).collect();
         for key in keys {
             let _ = self.pending.remove(&key);
+        }
+    }
+
+    /// Forget the goroutines' latest semacquire1 return addresses: after a detached window they
+    /// may be stale, and would name a later sync wait's site wrongly.
+    pub fn forget_semacquires(&mut self) {
+        let keys: Vec<u64> = self.semacquires.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            let _ = self.semacquires.remove(&key);
         }
     }
 

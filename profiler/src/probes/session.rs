@@ -129,6 +129,9 @@ pub enum Output<'a> {
     /// kernel's wait totals so far (cumulative since attach), and the decoder to name them.
     KernelWaits {
         waits: &'a [(WaitKey, WaitTotals)],
+        /// Contended wake-ups whose park was not seen (cumulative): parked before the attach,
+        /// in a governor gap, or evicted from the kernel's table of pending parks.
+        untimed: u64,
         decoder: &'a dyn EventDecoder,
     },
 }
@@ -317,6 +320,7 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
         if opts.aggregate {
             sink(Output::KernelWaits {
                 waits: &probes.wait_totals(),
+                untimed: probes.untimed_waits(),
                 decoder: &decoder,
             });
         }
@@ -454,8 +458,10 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
                                 )));
                             }
                             Action::Reattach { group } => {
-                                if *group == ProbeGroup::Park {
-                                    probes.forget_pending_waits();
+                                match group {
+                                    ProbeGroup::Park => probes.forget_pending_waits(),
+                                    ProbeGroup::Locks => probes.forget_semacquires(),
+                                    _ => {}
                                 }
                                 match probes.attach_group(*group) {
                                     Ok(_) => {
