@@ -245,20 +245,26 @@ pub struct GoOffsets {
     pub reason_track: [u8; TRACKED_REASONS],
 }
 
+impl GoOffsets {
+    /// Nothing known yet, only counting: the eBPF object's initial value (a const, which
+    /// `Default` is not), overridden by userspace at load time.
+    pub const EMPTY: GoOffsets = GoOffsets {
+        g_goid: 0,
+        g_m: 0,
+        g_parent_goid: 0,
+        g_gopc: 0,
+        g_waitreason: 0,
+        m_curg: 0,
+        hchan_dataqsiz: 0,
+        mode: report_mode::COUNT,
+        stack_slots: 0,
+        reason_track: [wait_track::NONE; TRACKED_REASONS],
+    };
+}
+
 impl Default for GoOffsets {
     fn default() -> Self {
-        GoOffsets {
-            g_goid: 0,
-            g_m: 0,
-            g_parent_goid: 0,
-            g_gopc: 0,
-            g_waitreason: 0,
-            m_curg: 0,
-            hchan_dataqsiz: 0,
-            mode: report_mode::COUNT,
-            stack_slots: 0,
-            reason_track: [wait_track::NONE; TRACKED_REASONS],
-        }
+        GoOffsets::EMPTY
     }
 }
 

@@ -31,18 +31,7 @@ mod programs {
 
     /// Set by userspace at load time from the target's own offsets.
     #[unsafe(no_mangle)]
-    static GO_OFFSETS: Global<GoOffsets> = Global::new(GoOffsets {
-        g_goid: 0,
-        g_m: 0,
-        g_parent_goid: 0,
-        g_gopc: 0,
-        g_waitreason: 0,
-        m_curg: 0,
-        hchan_dataqsiz: 0,
-        mode: report_mode::COUNT,
-        stack_slots: 0,
-        reason_track: [wait_track::NONE; TRACKED_REASONS],
-    });
+    static GO_OFFSETS: Global<GoOffsets> = Global::new(GoOffsets::EMPTY);
 
     /// Hits per program, per CPU. Userspace sums them to price each probe group.
     #[map]
