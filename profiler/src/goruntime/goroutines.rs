@@ -214,6 +214,31 @@ pub fn reread_gs(mem: &dyn Memory, layout: &GLayout, addrs: &[u64]) -> Vec<Optio
     out
 }
 
+/// [`reread_gs`], reading again (up to `attempts` reads in all) the records that came out
+/// unreadable or torn. A busy goroutine's record is copied while it changes: a parked status
+/// with the SP of its running self (which gogo zeroes) is not a goroutine we may drop, only one
+/// to read again. allgs never holds anything but g records, so a record that stays implausible
+/// is one that is not a goroutine yet (a `_Gidle` g without a stack).
+pub fn read_gs_settled(
+    mem: &dyn Memory,
+    layout: &GLayout,
+    addrs: &[u64],
+    attempts: usize,
+) -> Vec<Option<RawG>> {
+    let mut gs = reread_gs(mem, layout, addrs);
+    for _ in 1..attempts {
+        let torn: Vec<usize> = (0..gs.len()).filter(|&i| gs[i].is_none()).collect();
+        if torn.is_empty() {
+            break;
+        }
+        let again: Vec<u64> = torn.iter().map(|&i| addrs[i]).collect();
+        for (i, g) in torn.into_iter().zip(reread_gs(mem, layout, &again)) {
+            gs[i] = g;
+        }
+    }
+    gs
+}
+
 /// Records per batch: bounds the buffer (g records are ~400 bytes).
 const RECORD_BATCH: usize = 8192;
 
@@ -403,6 +428,41 @@ mod tests {
         r[44] = 14;
         r[48..56].copy_from_slice(&goid.to_le_bytes());
         r
+    }
+
+    /// Memory whose record at 0x1000 reads torn the first `torn` times.
+    struct Settling {
+        torn: std::cell::Cell<usize>,
+    }
+
+    impl Memory for Settling {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+            let record = if self.torn.get() > 0 {
+                self.torn.set(self.torn.get() - 1);
+                record(0x8000, 0x9000, 0, 4, 7) // parked, with the running SP (0)
+            } else {
+                record(0x8000, 0x9000, 0x8f00, 4, 7)
+            };
+            let at = (addr - 0x1000) as usize;
+            let n = buf.len().min(record.len().saturating_sub(at));
+            buf[..n].copy_from_slice(&record[at..at + n]);
+            buf[n..].fill(0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn torn_records_are_read_again_not_dropped() {
+        let l = layout();
+        let settles = Settling {
+            torn: std::cell::Cell::new(2),
+        };
+        let gs = read_gs_settled(&settles, &l, &[0x1000], 5);
+        assert_eq!(gs[0].as_ref().map(|g| g.goid), Some(7));
+        let never = Settling {
+            torn: std::cell::Cell::new(usize::MAX),
+        };
+        assert!(read_gs_settled(&never, &l, &[0x1000], 5)[0].is_none());
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl<'t, 'data> Context<'t, 'data> {
 
     /// Read the g records at `addrs` (allgs positions from `first`): the live ones.
     fn read_gs(&self, mem: &dyn Memory, first: usize, addrs: &[u64]) -> Vec<(usize, RawG)> {
-        goroutines::reread_gs(mem, &self.target.layout.g, addrs)
+        goroutines::read_gs_settled(mem, &self.target.layout.g, addrs, CONFIRM_ATTEMPTS)
             .into_iter()
             .enumerate()
             .filter_map(|(i, g)| Some((first + i, g?)))
