@@ -210,29 +210,15 @@ impl Probes {
                 .load()
                 .map_err(|e| bpf_error(&format!("loading program {name}"), &e))?;
         }
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).ok_or_else(|| {
-                InspectError::io(
-                    "the eBPF object",
-                    std::io::Error::other(format!("map {name} missing")),
-                )
-            })
-        };
-        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
-            .map_err(|e| bpf_error("map EVENTS", &e))?;
-        let hits = PerCpuArray::try_from(take(&mut ebpf, "PROBE_HITS")?)
-            .map_err(|e| bpf_error("map PROBE_HITS", &e))?;
-        let drops = PerCpuArray::try_from(take(&mut ebpf, "EVENT_DROPS")?)
-            .map_err(|e| bpf_error("map EVENT_DROPS", &e))?;
+        let events = take_map(&mut ebpf, "EVENTS")?;
+        let hits = take_map(&mut ebpf, "PROBE_HITS")?;
+        let drops = take_map(&mut ebpf, "EVENT_DROPS")?;
         let stacks = ebpf
             .take_map("STACKS")
             .and_then(|m| StackTraceMap::try_from(m).ok());
-        let waits = PerCpuHashMap::try_from(take(&mut ebpf, "WAITS")?)
-            .map_err(|e| bpf_error("map WAITS", &e))?;
-        let pending = HashMap::try_from(take(&mut ebpf, "PENDING")?)
-            .map_err(|e| bpf_error("map PENDING", &e))?;
-        let semacquires = HashMap::try_from(take(&mut ebpf, "SEMACQUIRES")?)
-            .map_err(|e| bpf_error("map SEMACQUIRES", &e))?;
+        let waits = take_map(&mut ebpf, "WAITS")?;
+        let pending = take_map(&mut ebpf, "PENDING")?;
+        let semacquires = take_map(&mut ebpf, "SEMACQUIRES")?;
         Ok(Probes {
             ebpf,
             pid,
@@ -461,19 +447,13 @@ impl Probes {
     /// Forget the parks the kernel waits to see readied: after a detached window their
     /// wake-ups may have gone unseen, and a later wake-up must not be timed from them.
     pub fn forget_pending_waits(&mut self) {
-        let keys: Vec<u64> = self.pending.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.pending.remove(&key);
-        }
+        clear_map(&mut self.pending);
     }
 
     /// Forget the goroutines' latest semacquire1 return addresses: after a detached window they
     /// may be stale, and would name a later sync wait's site wrongly.
     pub fn forget_semacquires(&mut self) {
-        let keys: Vec<u64> = self.semacquires.keys().filter_map(Result::ok).collect();
-        for key in keys {
-            let _ = self.semacquires.remove(&key);
-        }
+        clear_map(&mut self.semacquires);
     }
 
     /// Move up to `max` queued events into `out` (bounded, so a flood cannot starve the
@@ -502,6 +482,29 @@ impl Probes {
 impl Drop for Probes {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+/// Take one of the object's maps as its typed handle.
+fn take_map<M>(ebpf: &mut Ebpf, name: &str) -> Result<M, InspectError>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| {
+        InspectError::io(
+            "the eBPF object",
+            std::io::Error::other(format!("map {name} missing")),
+        )
+    })?;
+    M::try_from(map).map_err(|e| bpf_error(&format!("map {name}"), &e))
+}
+
+/// Delete every entry of a hash map keyed by g address (keys first: deleting while iterating
+/// would skip entries).
+fn clear_map<V: aya::Pod>(map: &mut HashMap<MapData, u64, V>) {
+    let keys: Vec<u64> = map.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let _ = map.remove(&key);
     }
 }
 
