@@ -18,10 +18,10 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::analysis::stackscan::StackScanner;
 use crate::gobin::GoBinary;
 use crate::gobin::prologue;
 use crate::goruntime::goroutines::RawG;
+use crate::goruntime::stackscan::StackScanner;
 use crate::remote::memory::Memory;
 
 /// `FUNCDATA_OpenCodedDeferInfo` (internal/abi/symtab.go, 1.21 through 1.27).

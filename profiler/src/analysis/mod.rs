@@ -4,5 +4,3 @@ pub mod contention;
 pub mod deadlocks;
 pub mod holders;
 pub mod leaks;
-pub mod reach;
-pub mod stackscan;

@@ -4,14 +4,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use parkscope::analysis::leaks::{self, LeakTarget, SuspectRule};
+use parkscope::analysis::leaks::{self, Mode, Proof, SuspectRule};
 
 use super::trace::parse_duration;
 use parkscope::error::InspectError;
-use parkscope::goruntime::snapshot::{self, Target};
+use parkscope::goruntime::snapshot::Target;
 use parkscope::output;
-use parkscope::remote::freeze::{FreezeError, Frozen};
-use parkscope::remote::memory::ProcessMemory;
 use parkscope::remote::process;
 
 /// Exit status when at least one goroutine is reported leaked.
@@ -70,27 +68,21 @@ impl SuspectArgs {
 pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
     let exe = process::read_exe(args.pid)?;
     let target = Target::open(args.pid, &exe)?;
-    let lt = LeakTarget::new(&target)?;
-    let mem = ProcessMemory::new(args.pid);
-    let report = if args.freeze {
-        let frozen = Frozen::stop(args.pid).map_err(|e| freeze_error(args.pid, e))?;
-        let scan = leaks::scan_once_with_roots(&lt, &mem, &frozen.register_words());
-        let pause = frozen.resume();
-        leaks::frozen_report(
-            scan.map_err(|e| snapshot::mem_error(args.pid, e))?,
-            pause,
-            &args.suspect.rule(),
-        )
+    let mode = if args.freeze {
+        Mode::Freeze
     } else {
-        leaks::detect(
-            &lt,
-            &mem,
-            args.scans as usize,
-            Duration::from_millis(args.interval_ms),
-            &args.suspect.rule(),
-        )
-        .map_err(|e| snapshot::mem_error(args.pid, e))?
+        Mode::Scans {
+            scans: args.scans as usize,
+            interval: Duration::from_millis(args.interval_ms),
+        }
     };
+    let report = leaks::prove(
+        &target,
+        &Proof {
+            mode,
+            suspect: args.suspect.rule(),
+        },
+    )?;
     let bytes = match args.format {
         Format::Text => output::leaks::render(&report).into_bytes(),
         Format::Json => {
@@ -107,19 +99,4 @@ pub fn run(args: LeaksArgs) -> Result<i32, InspectError> {
     } else {
         0
     })
-}
-
-fn freeze_error(pid: u32, e: FreezeError) -> InspectError {
-    let os = match &e {
-        FreezeError::Threads { source, .. } | FreezeError::Stop { source, .. } => {
-            source.raw_os_error()
-        }
-    };
-    match os {
-        Some(libc::ENOENT | libc::ESRCH) => InspectError::ProcessGone { pid },
-        Some(libc::EPERM) => InspectError::PermissionDenied(format!(
-            "{e} (--freeze needs CAP_SYS_PTRACE, and no other tracer on the target)"
-        )),
-        _ => InspectError::io("freezing the target", std::io::Error::other(e.to_string())),
-    }
 }

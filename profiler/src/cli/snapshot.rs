@@ -4,12 +4,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use parkscope::analysis::leaks::{self, Finding, LeakTarget};
+use parkscope::analysis::leaks::{self, Finding};
 use parkscope::error::InspectError;
 use parkscope::goruntime::snapshot::{self, Target};
 use parkscope::model::Snapshot;
 use parkscope::output;
-use parkscope::remote::memory::ProcessMemory;
 use parkscope::remote::process;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,15 +89,7 @@ pub fn run(args: SnapshotArgs) -> Result<i32, InspectError> {
     let findings = if !args.verdicts {
         None
     } else {
-        let proof = LeakTarget::new(&target)?;
-        let report = leaks::detect(
-            &proof,
-            &ProcessMemory::new(args.pid),
-            2,
-            std::time::Duration::from_millis(100),
-            &leaks::SuspectRule::default(),
-        )
-        .map_err(|e| snapshot::mem_error(args.pid, e))?;
+        let report = leaks::prove(&target, &leaks::Proof::default())?;
         let verdicts: std::collections::HashMap<i64, &str> = report
             .verdicts
             .iter()

@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::analysis::leaks::{self, LeakReport, LeakTarget};
+use crate::analysis::leaks::{self, LeakReport};
 use crate::goruntime::snapshot::{self, Target};
 use crate::model::Snapshot;
-use crate::remote::memory::ProcessMemory;
 use crate::remote::process;
 use discovery::{Candidate, GoBinaryCache, Selector};
 use metrics::Metrics;
@@ -164,22 +163,10 @@ fn take_snapshot(pid: u32, with_leaks: bool) -> Result<Taken, String> {
     let target = Target::open(pid, &exe).map_err(|e| e.to_string())?;
     let snap = snapshot::take(&target).map_err(|e| e.to_string())?;
     let seconds = started.elapsed().as_secs_f64();
-    let report = if with_leaks {
-        let proof = LeakTarget::new(&target).map_err(|e| e.to_string())?;
-        let mem = ProcessMemory::new(pid);
-        Some(
-            leaks::detect(
-                &proof,
-                &mem,
-                2,
-                Duration::from_millis(100),
-                &leaks::SuspectRule::default(),
-            )
-            .map_err(|e| snapshot::mem_error(pid, e).to_string())?,
-        )
-    } else {
-        None
-    };
+    let report = with_leaks
+        .then(|| leaks::prove(&target, &leaks::Proof::default()))
+        .transpose()
+        .map_err(|e| e.to_string())?;
     Ok((snap, report, seconds))
 }
 

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::error::InspectError;
+
 /// Rounds of "list threads, stop the new ones": a thread created while we stop the others shows
 /// up in the next listing.
 const MAX_ROUNDS: usize = 8;
@@ -36,6 +38,27 @@ pub enum FreezeError {
     Threads { pid: u32, source: std::io::Error },
     #[error("cannot stop thread {tid} of the target: {source}")]
     Stop { tid: i32, source: std::io::Error },
+}
+
+impl FreezeError {
+    /// The error a user can act on, with its exit code.
+    pub fn into_inspect_error(self, pid: u32) -> InspectError {
+        let os = match &self {
+            FreezeError::Threads { source, .. } | FreezeError::Stop { source, .. } => {
+                source.raw_os_error()
+            }
+        };
+        match os {
+            Some(libc::ENOENT | libc::ESRCH) => InspectError::ProcessGone { pid },
+            Some(libc::EPERM) => InspectError::PermissionDenied(format!(
+                "{self} (--freeze needs CAP_SYS_PTRACE, and no other tracer on the target)"
+            )),
+            _ => InspectError::io(
+                "freezing the target",
+                std::io::Error::other(self.to_string()),
+            ),
+        }
+    }
 }
 
 impl Frozen {

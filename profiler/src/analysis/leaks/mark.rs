@@ -1,5 +1,5 @@
 //! Conservative marking of the target's heap from outside: the reachability half of the leak
-//! proof (see docs/leak-proof in the shared notes and `analysis::leaks` for the rule).
+//! proof (see `analysis::leaks` for the rule).
 //!
 //! Every aligned word of a root range that points into an in-use heap span marks the object whose
 //! slot contains it; marked objects in scan (not pointer-free) spans are read and scanned the same
