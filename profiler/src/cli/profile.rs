@@ -4,16 +4,17 @@
 //! site); a second file (`<name>.holders.pb.gz`) charges the same delay to the holder/waker
 //! sites, like Go's mutex profile charges it to the Unlock.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use parkscope::analysis::contention::{self, Accountant, Frame, Observer, Report, fmt_ns};
+use parkscope::analysis::contention::{Accountant, Report};
 use parkscope::error::InspectError;
-use parkscope::output::pprof::{StackSample, render_contention};
+use parkscope::output::contention::{accountant_samples, gap_lines, render_text};
+use parkscope::output::pprof::render_contention;
 use parkscope::probes::governor::Action;
+use parkscope::probes::observe::Observer;
 use parkscope::probes::session::{self, Summary};
 use parkscope::probes::{self, Output, ProbeGroup, TraceOptions};
 use serde::Serialize;
@@ -99,30 +100,6 @@ pub fn account(acc: &mut Accountant, obs: &mut Observer, item: &Output<'_>, quie
     }
 }
 
-/// Gaps as human text, relative to the session start.
-pub fn gap_lines(report: &Report, start_ns: u64) -> Vec<String> {
-    report
-        .gaps
-        .iter()
-        .map(|g| {
-            let from = g.from_ns.saturating_sub(start_ns) as f64 / 1e9;
-            match g.to_ns {
-                Some(to) => format!(
-                    "partial window: probe group {} detached by the governor from {from:.1}s to \
-                     {:.1}s",
-                    g.group,
-                    to.saturating_sub(start_ns) as f64 / 1e9
-                ),
-                None => format!(
-                    "partial window: probe group {} detached by the governor from {from:.1}s to \
-                     the end",
-                    g.group
-                ),
-            }
-        })
-        .collect()
-}
-
 #[derive(Serialize)]
 struct JsonOut<'a> {
     pid: u32,
@@ -136,58 +113,6 @@ struct JsonOut<'a> {
     report: &'a Report,
 }
 
-fn frames_of(stack: &[Frame], fallback: &str) -> Vec<(String, String, u32)> {
-    if stack.is_empty() {
-        return vec![(fallback.to_string(), String::new(), 0)];
-    }
-    stack
-        .iter()
-        .map(|f| (f.function.clone(), f.file.clone(), f.line))
-        .collect()
-}
-
-/// pprof samples keyed by (kind, stack): waiting stacks (one per finished wait) or holder
-/// stacks (one per charged interval).
-fn samples(acc: &Accountant, holders: bool) -> Vec<StackSample> {
-    type Key = (&'static str, Vec<(String, String, u32)>);
-    let mut agg: HashMap<Key, (i64, i64)> = HashMap::new();
-    let mut add = |kind: &'static str, frames, ns: u64| {
-        let e = agg.entry((kind, frames)).or_default();
-        e.0 += 1;
-        e.1 += ns as i64;
-    };
-    if holders {
-        for c in &acc.charges {
-            let frames = if c.waker_stack.is_empty() {
-                let f = contention::waker_site(c.kind, c.waker_goid, &[]);
-                frames_of(&[], &f.function)
-            } else {
-                frames_of(&c.waker_stack, contention::UNKNOWN_SITE)
-            };
-            add(c.kind.name(), frames, c.ns);
-        }
-    } else {
-        for w in &acc.waits {
-            add(
-                w.kind.name(),
-                frames_of(&w.stack, contention::UNKNOWN_SITE),
-                w.delay_ns,
-            );
-        }
-    }
-    let mut out: Vec<StackSample> = agg
-        .into_iter()
-        .map(|((kind, frames), (n, d))| StackSample {
-            frames,
-            contentions: n,
-            delay_ns: d,
-            labels: vec![("kind".into(), kind.into())],
-        })
-        .collect();
-    out.sort_by(|a, b| b.delay_ns.cmp(&a.delay_ns).then(a.frames.cmp(&b.frames)));
-    out
-}
-
 fn holders_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -198,54 +123,6 @@ fn holders_path(path: &Path) -> PathBuf {
         None => format!("{name}.holders"),
     };
     path.with_file_name(holders)
-}
-
-pub fn render_text(report: &Report, partial: &[String]) -> String {
-    let mut s = String::new();
-    let t = &report.total;
-    s.push_str(&format!(
-        "contended waits: {}  total delay {}  max {}  p50 {}  p90 {}  p99 {}\n",
-        t.count,
-        fmt_ns(t.total_ns),
-        fmt_ns(t.max_ns),
-        fmt_ns(t.p50_ns),
-        fmt_ns(t.p90_ns),
-        fmt_ns(t.p99_ns)
-    ));
-    for p in partial {
-        s.push_str(&format!("PARTIAL: {p}\n"));
-    }
-    let table = |s: &mut String, title: &str, rows: &[contention::Row], peer: &str| {
-        s.push_str(&format!(
-            "\n{title}\n{:>10} {:>7} {:>9} {:>9} {:>9} {:>9}  {:<13} {}\n",
-            "total", "count", "max", "p50", "p90", "p99", "kind", "site"
-        ));
-        for r in rows {
-            s.push_str(&format!(
-                "{:>10} {:>7} {:>9} {:>9} {:>9} {:>9}  {:<13} {}\n",
-                fmt_ns(r.stats.total_ns),
-                r.stats.count,
-                fmt_ns(r.stats.max_ns),
-                fmt_ns(r.stats.p50_ns),
-                fmt_ns(r.stats.p90_ns),
-                fmt_ns(r.stats.p99_ns),
-                r.kind.name(),
-                r.key
-            ));
-            if let Some(p) = r.peers.first() {
-                s.push_str(&format!(
-                    "{:>58}{peer} {} ({})\n",
-                    "",
-                    p.site,
-                    fmt_ns(p.delay_ns)
-                ));
-            }
-        }
-    };
-    table(&mut s, "WAITING SITES", &report.sites, "held by");
-    table(&mut s, "HOLDER / WAKER SITES", &report.holders, "made wait");
-    table(&mut s, "OBJECTS", &report.objects, "waited at");
-    s
 }
 
 pub fn run(args: ProfileArgs) -> Result<i32, InspectError> {
@@ -281,13 +158,13 @@ pub fn run(args: ProfileArgs) -> Result<i32, InspectError> {
                 args.pid
             )];
             comments.extend(partial.iter().cloned());
-            let waiting = render_contention(&samples(&acc, false), &comments, duration);
+            let waiting = render_contention(&accountant_samples(&acc, false), &comments, duration);
             comments[0] = format!(
                 "parkscope contention profile of pid {}: the same delay charged to the \
                  holder/waker site (the release that woke the waiter)",
                 args.pid
             );
-            let holding = render_contention(&samples(&acc, true), &comments, duration);
+            let holding = render_contention(&accountant_samples(&acc, true), &comments, duration);
             std::fs::write(&path, waiting)
                 .map_err(|e| InspectError::io(format!("writing {}", path.display()), e))?;
             std::fs::write(&hpath, holding)

@@ -10,17 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use parkscope::analysis::contention::{Accountant, Observer, fmt_ns};
+use parkscope::analysis::contention::Accountant;
 use parkscope::error::InspectError;
 use parkscope::goruntime::goroutines::AddrMap;
 use parkscope::goruntime::snapshot::Target;
-use parkscope::goruntime::states::{self, StateCounts};
+use parkscope::goruntime::states;
+use parkscope::output::contention::{fmt_ns, gap_lines, render_states, render_text};
 use parkscope::probes::governor::Action;
+use parkscope::probes::observe::Observer;
 use parkscope::probes::session::{self, Output};
-use parkscope::remote::memory::{MemError, ProcessMemory};
+use parkscope::remote::memory::ProcessMemory;
 use parkscope::remote::process;
 
-use super::profile::{ProbeArgs, account, gap_lines, render_text};
+use super::profile::{ProbeArgs, account};
 use super::trace::parse_duration;
 
 #[derive(Args)]
@@ -73,45 +75,6 @@ impl Drop for TermGuard {
         // SAFETY: restores the settings read in new().
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
     }
-}
-
-/// The "goroutines by state" block of one refresh.
-pub fn render_states(counts: &Result<StateCounts, MemError>, rows: usize) -> String {
-    let counts = match counts {
-        Ok(c) => c,
-        Err(e) => return format!("goroutines by state: unavailable ({e})\n"),
-    };
-    let mut s = format!(
-        "goroutines by state: {} (runtime-internal: {}{})\n",
-        counts.total,
-        counts.system,
-        if counts.unreadable > 0 {
-            format!(
-                "; {} records changed while read, not counted",
-                counts.unreadable
-            )
-        } else {
-            String::new()
-        }
-    );
-    let sorted = counts.sorted();
-    // Every state when there are few; else the largest and one line for the rest.
-    let shown = if sorted.len() <= rows + 1 {
-        sorted.len()
-    } else {
-        rows
-    };
-    for (state, n) in &sorted[..shown] {
-        s.push_str(&format!("  {n:>7} {state}\n"));
-    }
-    if shown < sorted.len() {
-        let rest: u64 = sorted[shown..].iter().map(|(_, n)| n).sum();
-        s.push_str(&format!(
-            "  {rest:>7} in {} other states\n",
-            sorted.len() - shown
-        ));
-    }
-    s
 }
 
 pub fn run(args: TopArgs) -> Result<i32, InspectError> {

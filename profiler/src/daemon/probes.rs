@@ -17,9 +17,12 @@ use tracing::{info, warn};
 
 use profiler_common::{WaitKey, WaitTotals};
 
-use crate::analysis::contention::{Accountant, Frame, Observer, UNKNOWN_SITE, kernel_wait_site};
+use crate::analysis::contention::Accountant;
+use crate::model::Location;
+use crate::model::contention::UNKNOWN_SITE;
 use crate::probes::ProbeGroup;
 use crate::probes::governor::Action;
+use crate::probes::observe::{Observer, kernel_wait_site};
 use crate::probes::session::{self, Output, TraceOptions};
 
 /// Upper bounds of the wait-time buckets, in seconds: a contended mutex hand-off is
@@ -63,7 +66,7 @@ impl WaitHistogram {
 }
 
 /// The histogram key of a waiting site: "function file:line", or the unknown-site placeholder.
-fn site_label(site: Option<&Frame>) -> String {
+fn site_label(site: Option<&Location>) -> String {
     site.map(|f| format!("{} {}:{}", f.function, f.file, f.line))
         .unwrap_or_else(|| UNKNOWN_SITE.to_string())
 }

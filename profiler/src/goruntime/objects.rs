@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use crate::goruntime::globals::SEMTABLE_SIZE;
 use crate::goruntime::goroutines::{RawSudog, read_sudog};
 use crate::goruntime::layout::{HchanLayout, SemaRootLayout, SudogLayout};
-use crate::model::{ChanState, ObjectKind, Op};
+use crate::model::ChanState;
 use crate::remote::memory::Memory;
 
 /// Bounds every queue and treap walk: a torn pointer can make a list cyclic.
@@ -127,90 +127,5 @@ fn record_waiters(
         };
         out.insert(s.g, sema);
         next = s.waitlink;
-    }
-}
-
-/// What a sync wait blocks on, from the runtime's wait-reason text (and, where the reason is
-/// generic, the call site) and the semaphore address it sleeps on.
-///
-/// Positions of the semaphore words inside the sync types (unchanged 1.18–1.27; sync.Mutex
-/// wraps internal/sync.Mutex at offset 0 since 1.24): Mutex{state int32; sema uint32},
-/// RWMutex{w Mutex; writerSem; readerSem; …}, WaitGroup{noCopy; state uint64; sema uint32},
-/// Cond{noCopy; L Locker; notify notifyList; …}.
-pub fn classify_sync_wait(
-    reason: &str,
-    stack_functions: &[&str],
-    sema: u64,
-) -> Option<(ObjectKind, u64, Op)> {
-    let in_stack = |name: &str| stack_functions.contains(&name);
-    match reason {
-        // RWMutex.Lock first takes its embedded writer Mutex, which sits at the RWMutex's
-        // address: the call site tells the two apart.
-        "sync.Mutex.Lock" if in_stack("sync.(*RWMutex).Lock") => {
-            Some((ObjectKind::RwMutex, sema.checked_sub(4)?, Op::Lock))
-        }
-        "sync.Mutex.Lock" => Some((ObjectKind::Mutex, sema.checked_sub(4)?, Op::Lock)),
-        "sync.RWMutex.RLock" => Some((ObjectKind::RwMutex, sema.checked_sub(12)?, Op::RLock)),
-        "sync.RWMutex.Lock" => Some((ObjectKind::RwMutex, sema.checked_sub(8)?, Op::Lock)),
-        "sync.WaitGroup.Wait" => Some((ObjectKind::WaitGroup, sema.checked_sub(8)?, Op::Wait)),
-        "sync.Cond.Wait" => Some((ObjectKind::Cond, sema.checked_sub(16)?, Op::Wait)),
-        "semacquire" if in_stack("sync.(*WaitGroup).Wait") => {
-            Some((ObjectKind::WaitGroup, sema.checked_sub(8)?, Op::Wait))
-        }
-        "semacquire" => Some((ObjectKind::Sema, sema, Op::Acquire)),
-        _ => None,
-    }
-}
-
-/// Reasons whose object is a channel (or several, for select).
-pub fn channel_op(reason: &str) -> Option<Op> {
-    match reason {
-        "chan send" => Some(Op::Send),
-        "chan receive" => Some(Op::Recv),
-        "select" => Some(Op::Select),
-        _ => None,
-    }
-}
-
-pub fn is_sync_reason(reason: &str) -> bool {
-    matches!(
-        reason,
-        "sync.Mutex.Lock"
-            | "sync.RWMutex.RLock"
-            | "sync.RWMutex.Lock"
-            | "sync.WaitGroup.Wait"
-            | "sync.Cond.Wait"
-            | "semacquire"
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sync_waits_map_semaphores_to_their_objects() {
-        assert_eq!(
-            classify_sync_wait("sync.Mutex.Lock", &[], 0xc000010004),
-            Some((ObjectKind::Mutex, 0xc000010000, Op::Lock))
-        );
-        assert_eq!(
-            classify_sync_wait("sync.RWMutex.RLock", &[], 0xc00001000c),
-            Some((ObjectKind::RwMutex, 0xc000010000, Op::RLock))
-        );
-        assert_eq!(
-            classify_sync_wait(
-                "semacquire",
-                &["runtime.semacquire1", "sync.(*WaitGroup).Wait"],
-                0x1008
-            ),
-            Some((ObjectKind::WaitGroup, 0x1000, Op::Wait))
-        );
-        assert_eq!(
-            classify_sync_wait("semacquire", &["main.f"], 0x1008),
-            Some((ObjectKind::Sema, 0x1008, Op::Acquire))
-        );
-        assert_eq!(classify_sync_wait("chan send", &[], 0x1008), None);
-        assert_eq!(classify_sync_wait("sync.Mutex.Lock", &[], 2), None);
     }
 }

@@ -12,6 +12,7 @@ use crate::goruntime::goroutines::{self, AddrMap, RawG, RawSudog};
 use crate::goruntime::layout::Layout;
 use crate::goruntime::objects::{self, RawChannel};
 use crate::goruntime::stack;
+use crate::model::waits::{self, WaitKind};
 use crate::model::{self, BlockedOn, Goroutine, Object, ObjectKind, Op, Snapshot, Status};
 use crate::remote::maps;
 use crate::remote::memory::{MemError, Memory, ProcessMemory};
@@ -577,8 +578,9 @@ fn describe(
 
     let mut blocked_on = Vec::new();
     let mut sync_sema = None;
-    if let Some(reason) = wait_reason.as_deref() {
-        if let Some(op) = objects::channel_op(reason) {
+    let kind = wait_reason.as_deref().and_then(WaitKind::from_reason);
+    if let (Some(reason), Some(kind)) = (wait_reason.as_deref(), kind) {
+        if let Some(op) = kind.channel_op() {
             for sudog in pre.chain {
                 if sudog.c != 0 {
                     blocked_on.push(BlockedOn {
@@ -588,7 +590,7 @@ fn describe(
                     });
                 }
             }
-        } else if objects::is_sync_reason(reason) {
+        } else if kind.is_sync() {
             // Go 1.26 links sync waits through g.waiting; older releases only through the
             // semaphore table.
             let sema = pre
@@ -599,8 +601,7 @@ fn describe(
                 .or_else(|| sema_of_g(g.addr));
             let functions: Vec<&str> = stack.iter().map(|f| f.function.as_str()).collect();
             if let Some(sema) = sema
-                && let Some((kind, addr, op)) =
-                    objects::classify_sync_wait(reason, &functions, sema)
+                && let Some((kind, addr, op)) = waits::sync_object(reason, &functions, sema)
             {
                 blocked_on.push(BlockedOn { kind, addr, op });
                 sync_sema = Some(sema);

@@ -9,6 +9,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub mod contention;
+pub mod waits;
+
+pub use waits::WaitKind;
+
 /// Goroutine scheduling state (`g.atomicstatus` with the GC's scan bit masked off).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -179,6 +184,17 @@ pub struct Location {
     pub function: SharedStr,
     pub file: SharedStr,
     pub line: u32,
+}
+
+/// "function file:line" with the file's base name: how sites read in tables.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file.is_empty() {
+            return f.write_str(&self.function);
+        }
+        let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+        write!(f, "{} {}:{}", self.function, file, self.line)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -1,6 +1,7 @@
 //! Renderings of the model: text for people, JSON for programs, DOT/SVG for the wait-for graph,
 //! pprof for `go tool pprof`.
 
+pub mod contention;
 pub mod dot;
 pub mod leaks;
 pub mod pprof;

@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use crate::gobin::GoBinary;
 use crate::gobin::pclntab::SourceLine;
+use crate::model::contention::is_machinery;
+use crate::model::waits::{RWMUTEX_READER_SEM, WaitKind};
 
 /// One decoded event; also the JSON line `parkscope trace --json` prints.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -76,19 +78,6 @@ pub fn event_name(k: u16) -> &'static str {
         kind::SEM_RELEASE => "sem_release",
         _ => "unknown",
     }
-}
-
-/// Offset of `readerSem` in sync.RWMutex {w Mutex; writerSem, readerSem uint32; ...}: the
-/// same in every supported release (docs/go-runtime.md §1, verified 1.18–1.26). A reader's
-/// semaphore address minus this is the RWMutex the user declared.
-const RWMUTEX_READER_SEM: u64 = 12;
-
-/// Packages whose frames are the machinery, not the user's code.
-pub fn is_runtime_frame(function: &str) -> bool {
-    function.starts_with("runtime.")
-        || function.starts_with("internal/")
-        || function.starts_with("sync.")
-        || function.starts_with("sync/atomic.")
 }
 
 /// What a consumer of raw events (contention accounting) needs from a [`Decoder`], as a trait
@@ -176,7 +165,7 @@ impl<'a, 'data> Decoder<'a, 'data> {
         let mut first = None;
         for &pc in pcs {
             for line in self.lines(pc) {
-                if !is_runtime_frame(&line.function) {
+                if !is_machinery(&line.function) {
                     return (Some(line), pc);
                 }
                 if first.is_none() {
@@ -201,7 +190,7 @@ impl<'a, 'data> Decoder<'a, 'data> {
                 if innermost.is_none() {
                     innermost = Some(line.clone());
                 }
-                if !stack.is_empty() || !is_runtime_frame(&line.function) {
+                if !stack.is_empty() || !is_machinery(&line.function) {
                     stack.push(line);
                 }
             }
@@ -232,7 +221,13 @@ impl<'a, 'data> Decoder<'a, 'data> {
     /// channel, a blocked reader's semaphore into its RWMutex; else the raw address.
     pub fn object_addr(&self, e: &Event, reason: Option<&str>) -> u64 {
         match e.kind {
-            kind::PARK if matches!(reason, Some("chan receive" | "chan send")) && e.object != 0 => {
+            // A channel park's lock is the channel's own (a select's is nil).
+            kind::PARK
+                if reason
+                    .and_then(WaitKind::from_reason)
+                    .is_some_and(|k| matches!(k, WaitKind::ChanRecv | WaitKind::ChanSend))
+                    && e.object != 0 =>
+            {
                 match self.hchan_lock {
                     Some(lock_off) => e.object.wrapping_sub(lock_off),
                     None => e.object,
@@ -351,15 +346,6 @@ pub fn render_text(e: &TraceEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runtime_frames_are_skipped_for_the_user_site() {
-        assert!(is_runtime_frame("runtime.chanrecv1"));
-        assert!(is_runtime_frame("internal/sync.(*Mutex).lockSlow"));
-        assert!(is_runtime_frame("sync.(*Mutex).Lock"));
-        assert!(!is_runtime_frame("main.worker"));
-        assert!(!is_runtime_frame("net/http.(*conn).serve"));
-    }
 
     #[test]
     fn every_kind_has_a_name() {

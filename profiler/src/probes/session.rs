@@ -214,7 +214,7 @@ pub fn run(opts: &TraceOptions, mut sink: impl FnMut(Output<'_>)) -> Result<Summ
     if opts.aggregate {
         offsets = loader::go_offsets(&binary, report_mode::AGGREGATE)?;
         offsets.reason_track =
-            crate::analysis::contention::reason_track(|code| decoder.reason_text(code));
+            crate::probes::observe::reason_track(|code| decoder.reason_text(code));
         only_programs.get_or_insert_with(|| {
             crate::probes::groups::AGGREGATING_PROGRAMS
                 .iter()
